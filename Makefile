@@ -1,0 +1,45 @@
+# Run `make help` for the targets. `demo` and `test` create .venv by themselves.
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PORT ?= 8787
+
+.PHONY: help install demo test lint format bench emulator clean
+
+help: ## Show this list
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the project (again only when pyproject.toml changes)
+
+demo: $(STAMP) ## Start the emulator, sync it into codat.duckdb, print what was loaded
+	$(BIN)/python pipelines/demo.py
+
+test: $(STAMP) ## Run the whole test suite against the emulator
+	$(BIN)/python -m pytest
+
+lint: $(STAMP) ## ruff (lint and format check) and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP) ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP) ## Measure the emulator and the sync; figures go to benchmarks.json
+	$(BIN)/python tests/benchmarks/run.py --out benchmarks.json
+
+emulator: $(STAMP) ## Run the emulator on PORT (default 8787) until Ctrl-C
+	$(BIN)/python -m connector.emulator --port $(PORT) --companies 3 --customers 1000 --seed 7
+
+clean: ## Remove .venv, caches and local DuckDB files
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.duckdb *.duckdb.wal
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

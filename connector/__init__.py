@@ -1,0 +1,1 @@
+"""Codat Accounting customers connector, built on dlt."""

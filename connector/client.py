@@ -1,0 +1,364 @@
+"""One client for the Codat API: auth, retries, error reporting and every operation a sync needs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from base64 import b64encode
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from dlt.common.configuration.specs.base_configuration import configspec
+from dlt.common.typing import TSecretStrValue
+from dlt.sources.helpers.requests.retry import Client
+from dlt.sources.helpers.rest_client.auth import AuthConfigBase
+from dlt.sources.helpers.rest_client.client import RESTClient
+from dlt.sources.helpers.rest_client.paginators import BasePaginator
+from dlt.sources.helpers.rest_client.typing import HTTPMethod
+from requests import PreparedRequest, Request, Response
+from requests.exceptions import ChunkedEncodingError, HTTPError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.codat.io"
+DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_BACKOFF_FACTOR = 1.0
+DEFAULT_MAX_RETRY_DELAY = 60.0
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_LIST_PAGE_SIZE = 1000
+Json = dict[str, Any]
+
+
+@configspec
+class CodatKeyAuth(AuthConfigBase):
+    """Codat's Basic auth: the base64 of the API key alone, from dlt secrets."""
+
+    api_key: TSecretStrValue = None  # type: ignore[assignment]  # dlt resolves it from secrets
+
+    def __call__(self, request: PreparedRequest) -> PreparedRequest:
+        """Add the `Authorization` header to one request."""
+        request.headers["Authorization"] = "Basic " + b64encode(str(self.api_key).encode()).decode()
+        return request
+
+    def __repr__(self) -> str:
+        return "CodatKeyAuth(api_key=***)"
+
+    __str__ = __repr__
+
+
+class CodatHTTPError(HTTPError):
+    """An error answer from Codat, with the fields Codat support asks for.
+
+    It is an `HTTPError` carrying its response, so dlt's retrying session retries it when
+    the status is `429` or `5xx` and gives it up at once otherwise.
+    """
+
+    def __init__(self, response: Response) -> None:
+        body = _error_body(response)
+        self.status = response.status_code
+        self.error = str(body.get("error") or response.reason or "no error text")
+        self.correlation_id = body.get("correlationId")
+        super().__init__(f"HTTP {self.status}: {self.error}", response=response)
+
+
+class InvalidBody(ChunkedEncodingError):
+    """A `2xx` answer with a cut or malformed JSON body: retried like a dropped connection."""
+
+
+class CodatApiError(Exception):
+    """A Codat operation that failed for good, named with its company and Codat's details."""
+
+    def __init__(
+        self,
+        operation: str,
+        company_id: str | None,
+        status: int | None,
+        error: str,
+        correlation_id: str | None = None,
+    ) -> None:
+        self.operation = operation
+        self.company_id = company_id
+        self.status = status
+        self.error = error
+        self.correlation_id = correlation_id
+        where = f" for company {company_id}" if company_id else ""
+        status_text = f"HTTP {status}" if status else "no answer"
+        cid = f" (correlationId {correlation_id})" if correlation_id else ""
+        super().__init__(f"{operation}{where} failed: {status_text}: {error}{cid}")
+
+
+def _error_body(response: Response) -> Json:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def company_of(url: str) -> str | None:
+    """The company id in a Codat URL path, if any."""
+    parts = urlsplit(url).path.strip("/").split("/")
+    return parts[1] if len(parts) > 1 and parts[0] == "companies" else None
+
+
+class RequestCounter:
+    """Counts every HTTP attempt (retries included) per company, thread-safely."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_company: Counter[str] = Counter()
+        self.total = 0
+
+    def count(self, url: str) -> None:
+        """Count one attempt at `url`."""
+        with self._lock:
+            self.total += 1
+            company = company_of(url)
+            if company:
+                self.by_company[company] += 1
+
+
+class CodatRESTClient(RESTClient):
+    """dlt's REST client, reading the JSON body its response hook already parsed."""
+
+    def extract_response(self, response: Response, data_selector: Any) -> list[Any]:
+        """The whole parsed page: Codat's paginators and resources pick `results` themselves."""
+        return [parsed_body(response)]
+
+
+def parsed_body(response: Response) -> Any:
+    """The JSON body of a response, parsed once by the client's hook."""
+    cached = getattr(response, "codat_body", None)
+    return cached if cached is not None else response.json()
+
+
+class PageNumberPaginator(BasePaginator):
+    """Codat's 1-based page numbers, stopping from `totalResults` (no trailing empty request)."""
+
+    def __init__(self, page_size: int) -> None:
+        super().__init__()
+        self.page_size = page_size
+        self.page = 1
+
+    def init_request(self, request: Request) -> None:
+        """Ask for the first page."""
+        request.params.update(page=self.page, pageSize=self.page_size)
+
+    def update_state(self, response: Response, data: list[Any] | None = None) -> None:
+        """Stop once the pages seen cover `totalResults`."""
+        body = parsed_body(response)
+        if self.page * self.page_size >= int(body.get("totalResults", 0)) or not body.get("results"):
+            self._has_next_page = False
+        self.page += 1
+
+    def update_request(self, request: Request) -> None:
+        """Ask for the next page."""
+        request.params["page"] = self.page
+
+
+class CodatClient:
+    """The Codat operations, on dlt's retrying session with `Retry-After` honoured.
+
+    Every attempt is counted per company in `requests`, so a run can report what it spent.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
+        max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if not api_key:
+            raise ValueError(
+                "No Codat API key: set SOURCES__CODAT__API_KEY or api_key under [sources.codat] "
+                "in .dlt/secrets.toml"
+            )
+        self.requests = RequestCounter()
+        self.base_url = base_url.rstrip("/")
+        session = Client(
+            request_timeout=timeout,
+            raise_for_status=False,
+            request_max_attempts=max_attempts,
+            request_backoff_factor=backoff_factor,
+            request_max_retry_delay=max_retry_delay,
+        ).session
+        self.rest = CodatRESTClient(self.base_url, auth=CodatKeyAuth(api_key=api_key), session=session)
+        # Passed on every call: request-level hooks replace the session's in `requests`.
+        self._hooks: Any = {"response": [self._on_response]}
+
+    def _on_response(self, response: Response, *args: Any, **kwargs: Any) -> Response:
+        self.requests.count(response.url)
+        if response.status_code >= 400:
+            raise CodatHTTPError(response)
+        if "json" in response.headers.get("Content-Type", ""):
+            try:
+                response.codat_body = json.loads(response.content)  # type: ignore[attr-defined]
+            except ValueError:
+                raise InvalidBody(
+                    f"Codat sent an unreadable JSON body ({len(response.content)} bytes)",
+                    response=response,
+                ) from None
+        return response
+
+    def _call(
+        self, operation: str, company_id: str | None, method: HTTPMethod, path: str, **kwargs: Any
+    ) -> Response:
+        try:
+            return self.rest.request(path, method=method, hooks=self._hooks, **kwargs)
+        except CodatHTTPError as exc:
+            raise CodatApiError(operation, company_id, exc.status, exc.error, exc.correlation_id) from None
+        except (ChunkedEncodingError, OSError) as exc:
+            raise CodatApiError(operation, company_id, None, f"{type(exc).__name__}: {exc}") from None
+
+    def _json(self, operation: str, company_id: str | None, path: str, **kwargs: Any) -> Any:
+        return parsed_body(self._call(operation, company_id, "GET", path, **kwargs))
+
+    def pages(
+        self,
+        operation: str,
+        company_id: str | None,
+        path: str,
+        paginator: BasePaginator,
+        params: dict[str, Any] | None = None,
+    ) -> Iterator[Json]:
+        """Every page body of a paged listing, as the paginator walks it."""
+        try:
+            for page in self.rest.paginate(path, params=params or {}, paginator=paginator, hooks=self._hooks):
+                yield page[0]
+        except CodatHTTPError as exc:
+            raise CodatApiError(operation, company_id, exc.status, exc.error, exc.correlation_id) from None
+        except (ChunkedEncodingError, OSError) as exc:
+            raise CodatApiError(operation, company_id, None, f"{type(exc).__name__}: {exc}") from None
+
+    # -- platform --------------------------------------------------------------------------
+
+    def list_companies(
+        self, query: str | None = None, page_size: int = DEFAULT_LIST_PAGE_SIZE
+    ) -> Iterator[Json]:
+        """Every company of the account (paged to the end), optionally filtered by a Codat query."""
+        params = {"query": query} if query else {}
+        for page in self.pages("list companies", None, "/companies", PageNumberPaginator(page_size), params):
+            yield from page.get("results", [])
+
+    def get_company(self, company_id: str) -> Json:
+        """One company."""
+        return dict(self._json("get company", company_id, f"/companies/{seg(company_id)}"))
+
+    def list_connections(self, company_id: str, page_size: int = DEFAULT_LIST_PAGE_SIZE) -> Iterator[Json]:
+        """Every data connection of a company."""
+        path = f"/companies/{seg(company_id)}/connections"
+        for page in self.pages("list connections", company_id, path, PageNumberPaginator(page_size)):
+            yield from page.get("results", [])
+
+    def data_status(self, company_id: str) -> Json:
+        """The state of each data type in Codat's cache for a company."""
+        return dict(self._json("get data status", company_id, f"/companies/{seg(company_id)}/dataStatus"))
+
+    def get_push_operation(self, company_id: str, push_operation_key: str) -> Json:
+        """The current state of a push operation."""
+        path = f"/companies/{seg(company_id)}/push/{seg(push_operation_key)}"
+        return dict(self._json("get push operation", company_id, path))
+
+    # -- customers -------------------------------------------------------------------------
+
+    def list_customers(
+        self, company_id: str, paginator: BasePaginator, params: dict[str, Any] | None = None
+    ) -> Iterator[Json]:
+        """The customer pages of a company, as `paginator` asks for them."""
+        path = f"/companies/{seg(company_id)}/data/customers"
+        return self.pages("list customers", company_id, path, paginator, params)
+
+    def get_customer(self, company_id: str, customer_id: str) -> Json:
+        """One customer."""
+        path = f"/companies/{seg(company_id)}/data/customers/{seg(customer_id)}"
+        return dict(self._json("get customer", company_id, path))
+
+    def create_customer(
+        self,
+        company_id: str,
+        connection_id: str,
+        customer: Json,
+        timeout_in_minutes: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Json:
+        """Ask Codat to create a customer; returns the (Pending) push operation."""
+        path = f"/companies/{seg(company_id)}/connections/{seg(connection_id)}/push/customers"
+        params = {"timeoutInMinutes": timeout_in_minutes} if timeout_in_minutes is not None else {}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        response = self._call(
+            "create customer",
+            company_id,
+            "POST",
+            path,
+            json=customer,
+            params=params,
+            headers=headers,
+        )
+        return dict(parsed_body(response))
+
+    def update_customer(
+        self,
+        company_id: str,
+        connection_id: str,
+        customer_id: str,
+        customer: Json,
+        force_update: bool = False,
+        timeout_in_minutes: int | None = None,
+    ) -> Json:
+        """Ask Codat to update a customer; returns the (Pending) push operation."""
+        path = (
+            f"/companies/{seg(company_id)}/connections/{seg(connection_id)}/push/customers/{seg(customer_id)}"
+        )
+        params: dict[str, Any] = {"forceUpdate": str(force_update).lower()}
+        if timeout_in_minutes is not None:
+            params["timeoutInMinutes"] = timeout_in_minutes
+        return dict(
+            parsed_body(self._call("update customer", company_id, "PUT", path, json=customer, params=params))
+        )
+
+    def get_create_update_model(self, company_id: str, connection_id: str) -> Json:
+        """The platform's create/update model (`PushOption`) for customers."""
+        path = f"/companies/{seg(company_id)}/connections/{seg(connection_id)}/options/customers"
+        return dict(self._json("get create/update customer model", company_id, path))
+
+    def _attachments_path(self, company_id: str, connection_id: str, customer_id: str) -> str:
+        return (
+            f"/companies/{seg(company_id)}/connections/{seg(connection_id)}"
+            f"/data/customers/{seg(customer_id)}/attachments"
+        )
+
+    def list_customer_attachments(self, company_id: str, connection_id: str, customer_id: str) -> list[Json]:
+        """The attachment metadata of one customer on one connection."""
+        body = self._json(
+            "list customer attachments",
+            company_id,
+            self._attachments_path(company_id, connection_id, customer_id),
+        )
+        return list(body.get("attachments") or [])
+
+    def get_customer_attachment(
+        self, company_id: str, connection_id: str, customer_id: str, attachment_id: str
+    ) -> Json:
+        """One attachment's metadata."""
+        path = self._attachments_path(company_id, connection_id, customer_id) + f"/{seg(attachment_id)}"
+        return dict(self._json("get customer attachment", company_id, path))
+
+    def download_customer_attachment(
+        self, company_id: str, connection_id: str, customer_id: str, attachment_id: str
+    ) -> bytes:
+        """One attachment's bytes."""
+        path = (
+            self._attachments_path(company_id, connection_id, customer_id) + f"/{seg(attachment_id)}/download"
+        )
+        return self._call("download customer attachment", company_id, "GET", path).content
+
+
+def seg(value: str) -> str:
+    """Encode an id as exactly one URL path segment (customer ids may hold `/`, `?`, `#`, ...)."""
+    return quote(value, safe="")

@@ -1,0 +1,98 @@
+"""Command line: run the Codat emulator on a local port until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+
+from connector.emulator.push import DEFAULT_PUSH_DELAY
+from connector.emulator.server import DEFAULT_API_KEY, Emulator, EmulatorServer
+from connector.emulator.store import Sizing
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Read the emulator's flags."""
+    parser = argparse.ArgumentParser(
+        prog="python -m connector.emulator",
+        description="A local emulator of the Codat API: customers, companies, connections, pushes.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=8787, help="port; 0 picks a free one (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--companies", type=int, default=3, help="companies to generate (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--customers",
+        type=int,
+        default=1000,
+        help="customers in total, skewed across companies (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=7, help="seed of the generated data (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--api-key",
+        default=DEFAULT_API_KEY,
+        help="the API key clients must send (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds added to every answer (default: 0)"
+    )
+    parser.add_argument(
+        "--daily-limit",
+        type=int,
+        default=None,
+        help="daily request quota (default: 1000 x (1 + companies))",
+    )
+    parser.add_argument(
+        "--push-delay",
+        type=float,
+        default=DEFAULT_PUSH_DELAY,
+        help="seconds before a push operation settles (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=10,
+        help="concurrent requests per company before 429 (default: 10)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the emulator and serve until Ctrl-C."""
+    args = parse_args(argv)
+    for name in ("companies", "customers"):
+        if getattr(args, name) < 0:
+            print(f"--{name} must be 0 or more", file=sys.stderr)
+            return 2
+    emulator = Emulator(
+        Sizing(seed=args.seed, companies=args.companies, customers=args.customers),
+        api_key=args.api_key,
+        latency=args.latency,
+        daily_limit=args.daily_limit,
+        push_delay=args.push_delay,
+    )
+    emulator.limiter.max_concurrent = args.max_concurrent
+    try:
+        server = EmulatorServer(emulator, host=args.host, port=args.port)
+    except OSError as exc:
+        print(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port",
+            file=sys.stderr,
+        )
+        return 2
+    companies = emulator.store.companies.values()
+    customers = sum(len(c.customers) for c in companies)
+    print(f"Codat emulator ready at {server.url} ({len(companies)} companies, {customers} customers)")
+    sys.stdout.flush()
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""The emulator's own HTTP control API under `/_emulator/` (no auth, never counted as usage)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from connector.emulator.api import Request, Response
+from connector.emulator.model import STATUS_COMPLETE
+
+if TYPE_CHECKING:
+    from connector.emulator.server import Emulator
+
+ControlHandler = Callable[["Emulator", Any], Any]
+
+
+def _body(request: Request) -> Any:
+    if not request.body:
+        return {}
+    return json.loads(request.body)
+
+
+def _reset(emulator: Emulator, body: Any) -> Any:
+    emulator.reset(body.get("seed"), body.get("companies"), body.get("customers"))
+    return {"companies": len(emulator.store.companies)}
+
+
+def _mutate(emulator: Emulator, body: Any) -> Any:
+    action = body.get("action", "modify")
+    if action == "stop":
+        emulator.mutator.stop()
+        return {"changes": emulator.mutator.changes}
+    company_ids = body.get("company_ids") or (
+        [body["company_id"]] if body.get("company_id") else _readable_company_ids(emulator)
+    )
+    if body.get("rate"):
+        duration = float(body.get("duration", 10))
+        if not 0 < duration <= 3600:
+            raise ValueError("duration must be between 0 and 3600 seconds")
+        emulator.mutator.start(company_ids, float(body["rate"]), duration, action)
+        return {"started": True, "company_ids": company_ids}
+    changed = {
+        company_id: emulator.store.mutate(
+            company_id, action, int(body.get("count", 1)), body.get("ids"), body.get("timestamp")
+        )
+        for company_id in company_ids
+    }
+    return {"changed": changed}
+
+
+def _readable_company_ids(emulator: Emulator) -> list[str]:
+    with emulator.store.locked():
+        return [c.id for c in emulator.store.companies.values() if c.customers_status == STATUS_COMPLETE]
+
+
+def _edit_in_platform(emulator: Emulator, body: Any) -> Any:
+    emulator.store.edit_in_platform(body["company_id"], list(body["ids"]))
+    return {"marked": len(body["ids"])}
+
+
+def _sync(emulator: Emulator, body: Any) -> Any:
+    return {"applied": emulator.sync(body.get("company_id"))}
+
+
+def _faults(emulator: Emulator, body: Any) -> Any:
+    for fault in body if isinstance(body, list) else [body]:
+        emulator.add_fault(**fault)
+    return {"queued": len(emulator.faults.faults)}
+
+
+def _clear_faults(emulator: Emulator, body: Any) -> Any:
+    emulator.faults.clear()
+    return {"queued": 0}
+
+
+def _config(emulator: Emulator, body: Any) -> Any:
+    if "latency" in body:
+        emulator.latency = float(body["latency"])
+    if "daily_limit" in body:
+        emulator.limiter.daily_limit = body["daily_limit"]
+    if "push_delay" in body:
+        emulator.ledger.delay = float(body["push_delay"])
+    if "max_concurrent" in body:
+        emulator.limiter.max_concurrent = int(body["max_concurrent"])
+    return {
+        "latency": emulator.latency,
+        "daily_limit": emulator.limiter.limit,
+        "push_delay": emulator.ledger.delay,
+        "max_concurrent": emulator.limiter.max_concurrent,
+    }
+
+
+def _account(emulator: Emulator, body: Any) -> Any:
+    with emulator.store.locked():
+        return [
+            {
+                "id": c.id,
+                "name": c.name,
+                "platform": c.platform,
+                "customers": len(c.customers),
+                "customers_status": c.customers_status,
+                "connections": [{"id": x.id, "sourceType": x.source_type} for x in c.connections],
+            }
+            for c in emulator.store.companies.values()
+        ]
+
+
+CONTROL_ROUTES: dict[tuple[str, str], ControlHandler] = {
+    ("GET", "health"): lambda emulator, body: {"ok": True},
+    ("GET", "account"): _account,
+    ("GET", "stats"): lambda emulator, body: emulator.stats(),
+    ("GET", "requests"): lambda emulator, body: list(emulator.request_log),
+    ("DELETE", "requests"): lambda emulator, body: emulator.clear_log(),
+    ("POST", "reset"): _reset,
+    ("POST", "mutate"): _mutate,
+    ("POST", "edit-in-platform"): _edit_in_platform,
+    ("POST", "sync"): _sync,
+    ("POST", "faults"): _faults,
+    ("DELETE", "faults"): _clear_faults,
+    ("POST", "config"): _config,
+}
+
+
+def handle_control(emulator: Emulator, request: Request) -> Response:
+    """Answer a control request; bad input gets `400` with what to fix."""
+    name = request.path.removeprefix("/_emulator/").strip("/")
+    handler = CONTROL_ROUTES.get((request.method, name))
+    if handler is None:
+        known = ", ".join(f"{m} /_emulator/{n}" for m, n in CONTROL_ROUTES)
+        return _json(404, {"error": f"unknown control route; known: {known}"})
+    try:
+        result = handler(emulator, _body(request))
+    except (KeyError, ValueError, TypeError) as exc:
+        return _json(400, {"error": f"{type(exc).__name__}: {exc}"})
+    return _json(200, {} if result is None else result)
+
+
+def _json(status: int, body: Any) -> Response:
+    return Response(status, json.dumps(body, ensure_ascii=False).encode())

@@ -1,0 +1,250 @@
+"""The emulator's mutable state: the account, its changes, and the pages served from it."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from connector.emulator.data import generate_account, new_customer
+from connector.emulator.model import STATUS_COMPLETE, Company, Json
+from connector.emulator.query import (
+    CUSTOMER_SCHEMA,
+    Schema,
+    compile_order,
+    compile_query,
+)
+
+MUTATE_ACTIONS = ("modify", "delete", "add", "restamp")
+
+
+def utc_stamp(moment: datetime | None = None) -> str:
+    """Format a moment the way Codat writes `modifiedDate` (whole seconds, `Z`)."""
+    return (moment or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@lru_cache(maxsize=256)
+def cached_query(text: str, schema_name: str) -> Callable[[Mapping[str, Any]], bool]:
+    """Compile a query once per distinct text (clients repeat the same query on every page)."""
+    schema, type_name = SCHEMAS[schema_name]
+    return compile_query(text, schema, type_name)
+
+
+@lru_cache(maxsize=64)
+def cached_order(order_by: str, schema_name: str) -> tuple[Callable[[Mapping[str, Any]], Any], bool]:
+    """Compile an `orderBy` once per distinct text."""
+    schema, type_name = SCHEMAS[schema_name]
+    return compile_order(order_by, schema, type_name)
+
+
+def _schemas() -> dict[str, tuple[Schema, str]]:
+    from connector.emulator.query import COMPANY_SCHEMA, CONNECTION_SCHEMA
+
+    return {
+        "customers": (CUSTOMER_SCHEMA, "Customer"),
+        "companies": (COMPANY_SCHEMA, "Company"),
+        "connections": (CONNECTION_SCHEMA, "Connection"),
+    }
+
+
+SCHEMAS = _schemas()
+
+
+def select(records: list[Json], schema_name: str, query: str | None, order_by: str | None) -> list[Json]:
+    """Filter and order records as Codat does; ties (and no `orderBy`) keep a stable id order."""
+    if query:
+        predicate = cached_query(query, schema_name)
+        records = [r for r in records if predicate(r)]
+    else:
+        records = list(records)
+    records.sort(key=lambda r: str(r.get("id")))
+    if order_by:
+        key, descending = cached_order(order_by, schema_name)
+        records.sort(key=key, reverse=descending)
+    return records
+
+
+@dataclass
+class Sizing:
+    """What the account is generated from."""
+
+    seed: int = 7
+    companies: int = 3
+    customers: int = 1000
+
+
+@dataclass
+class Store:
+    """The account the emulator serves, guarded by one lock.
+
+    Each customer's JSON encoding is cached, so a 5000-record page is a join of bytes.
+    """
+
+    sizing: Sizing = field(default_factory=Sizing)
+    companies: dict[str, Company] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    platform_changed: set[tuple[str, str]] = field(default_factory=set)
+    _encoded: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    _rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.reset(self.sizing)
+
+    def reset(self, sizing: Sizing) -> None:
+        """Regenerate the whole account from `sizing`."""
+        account = generate_account(sizing.seed, sizing.companies, sizing.customers)
+        with self.lock:
+            self.sizing = sizing
+            self.companies = {c.id: c for c in account}
+            self._encoded.clear()
+            self.platform_changed.clear()
+            self._rng = random.Random(sizing.seed ^ 0x5EED)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's lock."""
+        with self.lock:
+            yield
+
+    def company(self, company_id: str) -> Company | None:
+        """The company with this id, if any."""
+        return self.companies.get(company_id)
+
+    def encoded_customer(self, company_id: str, record: Json) -> bytes:
+        """The JSON bytes of one customer, cached until it changes."""
+        cache_key = (company_id, str(record["id"]))
+        cached = self._encoded.get(cache_key)
+        if cached is None:
+            cached = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+            self._encoded[cache_key] = cached
+        return cached
+
+    def put_customer(self, company: Company, record: Json) -> None:
+        """Insert or replace a customer and drop its cached encoding."""
+        company.customers[str(record["id"])] = record
+        self._encoded.pop((company.id, str(record["id"])), None)
+
+    def mark_synced(self, company: Company, stamp: str) -> None:
+        """Record a simulated Codat sync of the company's customers at `stamp`."""
+        company.last_sync = stamp
+        company.customers_last_successful_sync = stamp
+        company.customers_status = STATUS_COMPLETE
+        self.platform_changed -= {k for k in self.platform_changed if k[0] == company.id}
+        for connection in company.accounting_connections:
+            connection.last_sync = stamp
+
+    def mutate(
+        self,
+        company_id: str,
+        action: str,
+        count: int = 1,
+        ids: list[str] | None = None,
+        timestamp: str | None = None,
+    ) -> list[str]:
+        """Change customers as one simulated Codat sync would, and return the ids changed.
+
+        `modify` edits fields, `delete` sets `metadata.isDeleted`, `add` creates customers,
+        `restamp` sets every customer's `modifiedDate` to one timestamp. All changes of one
+        call share one `modifiedDate` (the current second unless `timestamp` is given).
+        """
+        if action not in MUTATE_ACTIONS:
+            raise ValueError(f"unknown action {action!r}; use one of {', '.join(MUTATE_ACTIONS)}")
+        with self.lock:
+            company = self.companies.get(company_id)
+            if company is None:
+                raise KeyError(f"no company {company_id}")
+            stamp = timestamp or utc_stamp()
+            if action == "add":
+                changed = [self._add(company, stamp) for _ in range(count)]
+            elif action == "restamp":
+                changed = list(company.customers)
+                for cid in changed:
+                    self.put_customer(company, {**company.customers[cid], "modifiedDate": stamp})
+            else:
+                targets = ids if ids is not None else self._pick(company, count)
+                changed = [self._edit(company, cid, action, stamp) for cid in targets]
+            self.mark_synced(company, stamp)
+            return changed
+
+    def edit_in_platform(self, company_id: str, ids: list[str]) -> None:
+        """Mark customers as changed in the accounting platform since Codat last read them.
+
+        An update of such a customer fails unless it is forced; Codat's next sync clears it.
+        """
+        with self.lock:
+            company = self.companies.get(company_id)
+            if company is None:
+                raise KeyError(f"no company {company_id}")
+            for customer_id in ids:
+                if customer_id not in company.customers:
+                    raise KeyError(f"no customer {customer_id!r} in company {company_id}")
+                self.platform_changed.add((company_id, customer_id))
+
+    def _pick(self, company: Company, count: int) -> list[str]:
+        candidates = sorted(company.customers)
+        return self._rng.sample(candidates, min(count, len(candidates)))
+
+    def _add(self, company: Company, stamp: str) -> str:
+        record = new_customer(self._rng, stamp)
+        self.put_customer(company, record)
+        return str(record["id"])
+
+    def _edit(self, company: Company, customer_id: str, action: str, stamp: str) -> str:
+        record = company.customers.get(customer_id)
+        if record is None:
+            raise KeyError(f"no customer {customer_id!r} in company {company.id}")
+        record = {**record, "modifiedDate": stamp}
+        if action == "delete":
+            record["metadata"] = {"isDeleted": True}
+        else:
+            record["customerName"] = f"{record.get('customerName') or 'Customer'} (rev {stamp})"
+            record["phone"] = f"+44 20 {self._rng.randint(1000, 9999)} {self._rng.randint(1000, 9999)}"
+        self.put_customer(company, record)
+        return customer_id
+
+
+class Mutator:
+    """Keeps mutating customers at a fixed rate in a background thread, for a bounded time."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.changes = 0
+
+    def start(self, company_ids: list[str], rate: float, duration: float, action: str) -> None:
+        """Change one customer every 1/rate seconds, cycling over companies, for `duration` s."""
+        self.stop()
+        self._stop = threading.Event()
+        self.changes = 0
+        self._thread = threading.Thread(
+            target=self._run, args=(company_ids, rate, duration, action), daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop mutating and wait for the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self, company_ids: list[str], rate: float, duration: float, action: str) -> None:
+        interval = 1.0 / rate
+        deadline = datetime.now(UTC).timestamp() + duration
+        turn = 0
+        while not self._stop.is_set() and datetime.now(UTC).timestamp() < deadline:
+            company_id = company_ids[turn % len(company_ids)]
+            turn += 1
+            try:
+                self._store.mutate(company_id, action, count=1)
+                self.changes += 1
+            except (KeyError, ValueError):
+                return
+            self._stop.wait(interval)

@@ -1,0 +1,135 @@
+"""Shift-proof paging of a company's customers by `modifiedDate` (seek, not page numbers)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from dlt.sources.helpers.rest_client.paginators import BasePaginator
+from requests import Request, Response
+
+from connector.client import parsed_body
+from connector.records import format_codat_datetime, parse_codat_datetime
+
+DEFAULT_PAGE_SIZE = 5000
+
+
+class RepeatedPageError(RuntimeError):
+    """Codat answered the same request with the same page twice: paging would never end."""
+
+
+class ModifiedDateSeekPaginator(BasePaginator):
+    """Pages customers in `modifiedDate` order by moving a lower bound, never by page number.
+
+    Codat's pages are offsets over a set that changes while a client pages: a record it
+    modifies moves to the end and every later record shifts one place back, so page
+    numbers skip records. Seeking instead asks for `modifiedDate>=<last seen>` page 1
+    every time: whatever moved is still ahead. Records repeated at the bound are dropped by
+    the caller (`CustomerDeduper`).
+
+    When one page holds nothing but a single `modifiedDate` and more follow (Codat
+    re-stamps a whole company at one instant), seeking cannot move, so that instant's
+    group is paged by number with `modifiedDate=<instant>`. A group only loses members
+    while it is paged (a modified record gets a later date), so a smaller `totalResults`
+    steps back as many pages as records left; a larger one (records still being written
+    at that instant) starts the group again. Then seeking resumes strictly after it.
+    It stops from `totalResults`, without a trailing empty request.
+    """
+
+    def __init__(
+        self,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> None:
+        super().__init__()
+        self.page_size = page_size
+        self.lower = since
+        self.until = until
+        self.strict = False  # `>` instead of `>=`, right after a group is done
+        self.group: datetime | None = None
+        self.group_page = 1
+        self.group_total: int | None = None
+        self.after_group: int | None = None  # records past the group when it was entered
+        self._seek_total = 0  # `totalResults` of the seek that found the group
+        self._last_page: tuple[str, tuple[Any, ...]] | None = None
+
+    def query(self) -> str | None:
+        """The Codat `query` for the next request."""
+        clauses = []
+        if self.group is not None:
+            clauses.append(f"modifiedDate={format_codat_datetime(self.group)}")
+        elif self.lower is not None:
+            op = ">" if self.strict else ">="
+            clauses.append(f"modifiedDate{op}{format_codat_datetime(self.lower)}")
+        if self.until is not None:
+            clauses.append(f"modifiedDate<{format_codat_datetime(self.until)}")
+        return "&&".join(clauses) or None
+
+    def init_request(self, request: Request) -> None:
+        """Set the first request's parameters."""
+        self._apply(request)
+
+    def update_request(self, request: Request) -> None:
+        """Set the next request's parameters."""
+        self._apply(request)
+
+    def _apply(self, request: Request) -> None:
+        page = self.group_page if self.group is not None else 1
+        request.params.update(page=page, pageSize=self.page_size, orderBy="modifiedDate")
+        query = self.query()
+        if query:
+            request.params["query"] = query
+        else:
+            request.params.pop("query", None)
+
+    def update_state(self, response: Response, data: list[Any] | None = None) -> None:
+        """Decide the next request from the page just read, or stop."""
+        body = parsed_body(response)
+        results: list[dict[str, Any]] = body.get("results") or []
+        total = int(body.get("totalResults") or 0)
+        self._guard(results)
+        if self.group is None:
+            self._after_seek(results, total)
+        else:
+            self._after_group_page(total)
+
+    def _after_seek(self, results: list[dict[str, Any]], total: int) -> None:
+        if total <= len(results) or not results:
+            self._has_next_page = False
+            return
+        first = parse_codat_datetime(results[0].get("modifiedDate"))
+        last = parse_codat_datetime(results[-1].get("modifiedDate"))
+        if last is None:
+            raise ValueError("Codat sent customers without a readable modifiedDate; cannot page by it")
+        if first == last:
+            self.group, self.group_page, self.group_total = last, 1, None
+            self.after_group = None
+            self._seek_total = total
+        else:
+            self.lower, self.strict = last, False
+
+    def _after_group_page(self, total: int) -> None:
+        if self.after_group is None:
+            self.after_group = self._seek_total - total
+        previous, self.group_total = self.group_total, total
+        if previous is not None and total > previous:
+            self.group_page = 1
+            return
+        if previous is not None and total < previous:
+            self.group_page = max(1, self.group_page - math.ceil((previous - total) / self.page_size))
+            return
+        if self.group_page * self.page_size < total:
+            self.group_page += 1
+            return
+        self.lower, self.strict, self.group = self.group, True, None
+        if self.after_group <= 0:
+            self._has_next_page = False
+
+    def _guard(self, results: list[dict[str, Any]]) -> None:
+        signature = (self.query() or "", self.group_page if self.group else 1)
+        page = (str(signature), tuple(str(r.get("id")) for r in results))
+        if page == self._last_page and self.group is None:
+            raise RepeatedPageError(f"Codat returned the same customers twice for query {signature[0]!r}")
+        self._last_page = page

@@ -1,0 +1,101 @@
+"""Pure mapping of Codat records to the rows the destination stores."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+Json = dict[str, Any]
+
+_DATE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,7}))?)?)?"
+    r"\s*(Z|[+-]\d{2}:?\d{2})?$"
+)
+# Codat's "no value" for a date (`sourceModifiedDate` of records a platform never dated).
+NULL_DATE_YEAR = 1
+DATE_FIELDS = ("modifiedDate", "sourceModifiedDate")
+NESTED_LISTS = ("addresses", "contacts")
+
+
+def parse_codat_datetime(value: Any) -> datetime | None:
+    """Read any Codat date form as an aware UTC datetime, or None.
+
+    Zone-less values (`2021-11-15T01:00:00`) are read as UTC, as Codat documents them;
+    a 7th fractional digit is dropped (Python keeps microseconds). `0001-01-01` means
+    "no date" in Codat and is read as None.
+    """
+    if not isinstance(value, str):
+        return None
+    match = _DATE.match(value.strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    if int(year) == NULL_DATE_YEAR:
+        return None
+    micros = int((fraction or "0")[:6].ljust(6, "0"))
+    moment = datetime(
+        int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0), micros
+    )
+    if zone and zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        digits = zone[1:].replace(":", "")
+        offset = sign * (int(digits[:2]) * 60 + int(digits[2:]))
+        return (moment.replace(tzinfo=UTC) - timedelta(minutes=offset)).astimezone(UTC)
+    return moment.replace(tzinfo=UTC)
+
+
+def format_codat_datetime(moment: datetime) -> str:
+    """Write an instant the way Codat's query language reads it (UTC, microseconds, `Z`)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def record_hash(record: Json) -> str:
+    """A short, stable digest of a record as Codat sent it, to recognise a record already loaded."""
+    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(canonical.encode(), digest_size=10).hexdigest()
+
+
+def map_customer(record: Json, company_id: str) -> Json:
+    """A customer row: Codat's fields, dates as UTC instants, deletes as `isDeleted`.
+
+    `metadata.isDeleted` becomes a top-level boolean (`false` when `metadata` is absent or
+    null); `supplementalData` is kept whole for a JSON column; contacts' dates are parsed too.
+    """
+    row = {k: v for k, v in record.items() if k not in ("metadata", "supplementalData")}
+    metadata = record.get("metadata")
+    row["companyId"] = company_id
+    row["isDeleted"] = bool(metadata.get("isDeleted")) if isinstance(metadata, dict) else False
+    row["supplementalData"] = record.get("supplementalData")
+    for name in DATE_FIELDS:
+        if name in row:
+            row[name] = parse_codat_datetime(row[name])
+    for name in NESTED_LISTS:
+        if name in row and row[name] is None:
+            del row[name]  # null and [] both mean "none": no child rows either way
+    contacts = row.get("contacts")
+    if isinstance(contacts, list):
+        row["contacts"] = [_map_contact(c) for c in contacts]
+    return row
+
+
+def _map_contact(contact: Any) -> Any:
+    if not isinstance(contact, dict):
+        return contact
+    contact = {k: v for k, v in contact.items() if not (k == "phone" and v is None)}
+    if "modifiedDate" in contact:
+        contact["modifiedDate"] = parse_codat_datetime(contact["modifiedDate"])
+    return contact
+
+
+def map_attachment(attachment: Json, company_id: str, connection_id: str, customer_id: str) -> Json:
+    """An attachment row keyed by company, connection, customer and attachment id."""
+    return {
+        **attachment,
+        "companyId": company_id,
+        "connectionId": connection_id,
+        "customerId": customer_id,
+        "dateCreated": parse_codat_datetime(attachment.get("dateCreated")),
+    }

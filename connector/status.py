@@ -1,0 +1,80 @@
+"""What one run did to each company: the rows of `sync_status` and the run summary."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from connector.client import CodatApiError, RequestCounter
+
+OK = "ok"
+UNCHANGED = "unchanged"
+SKIPPED = "skipped"
+FAILED = "failed"
+
+
+@dataclass
+class CompanyRun:
+    """One company's outcome in one run."""
+
+    company_id: str
+    company_name: str | None
+    status: str = OK
+    customers_loaded: int = 0
+    customers_deleted: int = 0
+    attachments_loaded: int = 0
+    attachments_deferred: int = 0
+    files_downloaded: int = 0
+    requests: int = 0
+    http_status: int | None = None
+    error: str | None = None
+    correlation_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def fail(self, exc: CodatApiError | Exception) -> None:
+        """Record a failure; the first one is kept as the company's error."""
+        if self.status == FAILED:
+            self.notes.append(str(exc))
+            return
+        self.status = FAILED
+        self.error = str(exc)
+        if isinstance(exc, CodatApiError):
+            self.http_status = exc.status
+            self.correlation_id = exc.correlation_id
+
+
+@dataclass
+class RunLedger:
+    """Every company's outcome in this run, shared by the source's resources."""
+
+    run_started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    companies: dict[str, CompanyRun] = field(default_factory=dict)
+    requests: RequestCounter = field(default_factory=RequestCounter)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def company(self, company_id: str, name: str | None = None) -> CompanyRun:
+        """The company's record for this run, created on first use."""
+        with self._lock:
+            run = self.companies.get(company_id)
+            if run is None:
+                run = self.companies[company_id] = CompanyRun(company_id, name)
+            return run
+
+    @property
+    def failed(self) -> list[CompanyRun]:
+        """Companies that failed in this run."""
+        return [c for c in self.companies.values() if c.status == FAILED]
+
+    def rows(self, load_id: str | None) -> list[dict[str, Any]]:
+        """The `sync_status` rows of this run, one per company."""
+        rows = []
+        for run in self.companies.values():
+            row = asdict(run)
+            row["requests"] = self.requests.by_company.get(run.company_id, 0)
+            row["notes"] = "; ".join(run.notes) or None
+            row["run_started_at"] = self.run_started
+            row["load_id"] = load_id
+            rows.append(row)
+        return rows

@@ -1,0 +1,107 @@
+"""One sync run: load the source, record `sync_status`, refresh the views, sum it all up."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import dlt
+from dlt.common.pipeline import LoadInfo
+
+from connector.source import codat_source
+from connector.status import FAILED, RunLedger
+from connector.views import create_views
+
+
+@dataclass
+class SyncSummary:
+    """What a run did, for the command line's closing lines."""
+
+    companies: int
+    failed: list[str]
+    customers_new: int
+    customers_updated: int
+    customers_deleted: int
+    attachments: int
+    files: int
+    requests: int
+    seconds: float
+    load_id: str | None
+    views: list[str] = field(default_factory=list)
+    status_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every company synced."""
+        return not self.failed
+
+    def lines(self) -> list[str]:
+        """A human summary, one fact per line."""
+        lines = [
+            f"companies: {self.companies} ({len(self.failed)} failed)",
+            f"customers: {self.customers_new} new, {self.customers_updated} updated, "
+            f"{self.customers_deleted} deleted",
+            f"attachments: {self.attachments} listed, {self.files} files downloaded",
+            f"requests spent: {self.requests}",
+            f"time: {self.seconds:.1f} s",
+        ]
+        for row in self.status_rows:
+            if row["status"] == FAILED:
+                lines.append(f"FAILED {row['company_id']}: {row['error']}")
+        return lines
+
+
+def count_rows(pipeline: dlt.Pipeline, table: str) -> int:
+    """Rows in a destination table, 0 when it does not exist yet."""
+    if not pipeline.default_schema_name or table not in pipeline.default_schema.tables:
+        return 0
+    try:
+        with pipeline.sql_client() as sql:
+            rows = sql.execute_sql(f"SELECT COUNT(*) FROM {sql.make_qualified_table_name(table)}")
+            return int(rows[0][0]) if rows else 0
+    except Exception:  # noqa: BLE001 - no SQL on this destination, or the table was never loaded
+        return 0
+
+
+def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_options: Any) -> SyncSummary:
+    """Sync Codat into the pipeline's destination and record the run in `sync_status`.
+
+    Args:
+        pipeline: The dlt pipeline (destination and dataset chosen by the caller).
+        full_refresh: Drop the source's tables and state first, and load everything again.
+        **source_options: Passed to `codat_source` (company_ids, since, download_files, ...).
+
+    Returns:
+        The run's summary; `ok` is False when any company failed.
+    """
+    started = time.monotonic()
+    ledger = RunLedger()
+    source = codat_source(ledger=ledger, **source_options)
+    before = 0 if full_refresh else count_rows(pipeline, "customers")
+    info: LoadInfo = pipeline.run(source, refresh="drop_sources") if full_refresh else pipeline.run(source)
+    load_id = info.loads_ids[-1] if info.loads_ids else None
+    after = count_rows(pipeline, "customers")
+    views = create_views(pipeline)
+    status_rows = ledger.rows(load_id)
+    if status_rows:
+        pipeline.run(status_rows, table_name="sync_status", write_disposition="append")
+    runs = ledger.companies.values()
+    loaded = sum(r.customers_loaded for r in runs)
+    deleted = sum(r.customers_deleted for r in runs)
+    hard = bool(source_options.get("hard_delete"))
+    new = max(after - before + (deleted if hard else 0), 0)
+    return SyncSummary(
+        companies=len(ledger.companies),
+        failed=[r.company_id for r in ledger.failed],
+        customers_new=new,
+        customers_updated=max(loaded - new - deleted, 0),
+        customers_deleted=deleted,
+        attachments=sum(r.attachments_loaded for r in runs),
+        files=sum(r.files_downloaded for r in runs),
+        requests=ledger.requests.total,
+        seconds=time.monotonic() - started,
+        load_id=load_id,
+        views=views,
+        status_rows=status_rows,
+    )

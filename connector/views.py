@@ -1,0 +1,95 @@
+"""Analyst-ready SQL views created beside the raw tables after each load."""
+
+from __future__ import annotations
+
+from dlt import Pipeline
+
+CURRENT_CUSTOMERS = """
+SELECT {customer_columns},
+       {address_columns},
+       {contact_columns}
+FROM {customers} c
+LEFT JOIN (
+    SELECT a.*, ROW_NUMBER() OVER (PARTITION BY a._dlt_parent_id ORDER BY a._dlt_list_idx) AS n
+    FROM {addresses} a WHERE a.type = 'Billing'
+) a ON a._dlt_parent_id = c._dlt_id AND a.n = 1
+LEFT JOIN (
+    SELECT k.*, ROW_NUMBER() OVER (
+        PARTITION BY k._dlt_parent_id
+        ORDER BY CASE WHEN k.status = 'Active' THEN 0 ELSE 1 END, k._dlt_list_idx
+    ) AS n
+    FROM {contacts} k
+) k ON k._dlt_parent_id = c._dlt_id AND k.n = 1
+WHERE NOT c.is_deleted
+"""
+
+ATTACHMENTS_WITH_CUSTOMERS = """
+SELECT {attachment_columns}, c.customer_name, c.is_deleted AS customer_is_deleted
+FROM {attachments} t
+LEFT JOIN {customers} c ON c.company_id = t.company_id AND c.id = t.customer_id
+"""
+
+CUSTOMER_FIELDS = (
+    "company_id", "id", "customer_name", "contact_name", "email_address", "default_currency",
+    "phone", "registration_number", "tax_number", "status", "modified_date", "source_modified_date",
+)  # fmt: skip
+ADDRESS_FIELDS = ("line1", "line2", "city", "region", "country", "postal_code")
+CONTACT_FIELDS = ("name", "email")
+ATTACHMENT_FIELDS = (
+    "company_id", "connection_id", "customer_id", "id", "name", "content_type", "file_size",
+    "date_created",
+)  # fmt: skip
+
+
+def create_views(pipeline: Pipeline) -> list[str]:
+    """(Re)create `customers_current` and `customer_attachments_with_customers`.
+
+    Only on SQL destinations (DuckDB, Postgres, ...) and only once the tables exist; a
+    column Codat never sent yet is selected as NULL. Returns the views created.
+    """
+    if not pipeline.default_schema_name or "customers" not in pipeline.default_schema.tables:
+        return []
+    schema = pipeline.default_schema
+    try:
+        sql_client = pipeline.sql_client()
+    except Exception:  # noqa: BLE001 - a destination without SQL (filesystem) has no views
+        return []
+
+    def columns(alias: str, table: str, fields: tuple[str, ...], prefix: str = "") -> str:
+        present = set(schema.get_table_columns(table)) if table in schema.tables else set()
+        return ", ".join(
+            f"{alias}.{f} AS {prefix}{f}" if f in present else f"NULL AS {prefix}{f}" for f in fields
+        )
+
+    created = []
+    with sql_client as sql:
+        q = sql.make_qualified_table_name
+        children = {"customers__addresses", "customers__contacts"}
+        if children <= set(schema.tables) and {"type"} <= set(
+            schema.get_table_columns("customers__addresses")
+        ):
+            body = CURRENT_CUSTOMERS.format(
+                customer_columns=columns("c", "customers", CUSTOMER_FIELDS),
+                address_columns=columns("a", "customers__addresses", ADDRESS_FIELDS, "billing_"),
+                contact_columns=columns("k", "customers__contacts", CONTACT_FIELDS, "main_contact_"),
+                customers=q("customers"),
+                addresses=q("customers__addresses"),
+                contacts=q("customers__contacts"),
+            )
+            created.append(_replace_view(sql, q("customers_current"), body, "customers_current"))
+        if "customer_attachments" in schema.tables:
+            body = ATTACHMENTS_WITH_CUSTOMERS.format(
+                attachment_columns=columns("t", "customer_attachments", ATTACHMENT_FIELDS),
+                attachments=q("customer_attachments"),
+                customers=q("customers"),
+            )
+            name = "customer_attachments_with_customers"
+            created.append(_replace_view(sql, q(name), body, name))
+    return created
+
+
+def _replace_view(sql: object, qualified: str, body: str, name: str) -> str:
+    execute = getattr(sql, "execute_sql")  # noqa: B009 - typed loosely across destinations
+    execute(f"DROP VIEW IF EXISTS {qualified}")
+    execute(f"CREATE VIEW {qualified} AS {body}")
+    return name
