@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from connector.client import CodatApiError, CodatClient
 from connector.paging import ModifiedDateSeekPaginator, RepeatedPageError
 from connector.records import (
+    ExtractionClock,
     format_codat_datetime,
     map_customer,
     parse_codat_datetime,
@@ -97,6 +98,7 @@ class CustomerSync:
     page_size: int
     since: datetime | None = None
     until: datetime | None = None
+    clock: ExtractionClock = field(default_factory=ExtractionClock)
 
     @property
     def backfill(self) -> bool:
@@ -123,7 +125,9 @@ class CustomerSync:
         deduper = BoundaryDeduper(None if self.backfill else start, list(saved.boundary))
         try:
             for page in self.client.list_customers(company_id, paginator):
-                rows = [map_customer(r, company_id) for r in deduper.fresh(page.get("results") or [])]
+                seen_at = self.clock.now()
+                fresh = deduper.fresh(page.get("results") or [])
+                rows = [map_customer(r, company_id, seen_at) for r in fresh]
                 run.customers_loaded += len(rows)
                 run.customers_deleted += sum(1 for r in rows if r["isDeleted"])
                 if rows:

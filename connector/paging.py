@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from dlt.sources.helpers.rest_client.paginators import BasePaginator
@@ -33,8 +34,11 @@ class ModifiedDateSeekPaginator(BasePaginator):
     group is paged by number with `modifiedDate=<instant>`. A group only loses members
     while it is paged (a modified record gets a later date), so a smaller `totalResults`
     steps back as many pages as records left; a larger one (records still being written
-    at that instant) starts the group again. Then seeking resumes strictly after it.
-    It stops from `totalResults`, without a trailing empty request.
+    at that instant) starts the group again. A pass over a group only counts when it began
+    after that instant was over by the server's clock (its `Date` header): until then a
+    record may join and another leave between two pages, which no total reveals, so the
+    pass is repeated. Then seeking resumes strictly after the group. It stops from
+    `totalResults`, without a trailing empty request.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class ModifiedDateSeekPaginator(BasePaginator):
         self.group_total: int | None = None
         self.after_group: int | None = None  # records past the group when it was entered
         self._seek_total = 0  # `totalResults` of the seek that found the group
+        self._pass_trusted = False  # the current pass over the group began after its instant
         self._last_page: tuple[str, tuple[Any, ...]] | None = None
 
     def query(self) -> str | None:
@@ -93,6 +98,8 @@ class ModifiedDateSeekPaginator(BasePaginator):
         if self.group is None:
             self._after_seek(results, total)
         else:
+            if self.group_page == 1:
+                self._pass_trusted = _server_time_after(response, self.group)
             self._after_group_page(total)
 
     def _after_seek(self, results: list[dict[str, Any]], total: int) -> None:
@@ -123,6 +130,9 @@ class ModifiedDateSeekPaginator(BasePaginator):
         if self.group_page * self.page_size < total:
             self.group_page += 1
             return
+        if not self._pass_trusted:
+            self.group_page, self.group_total = 1, None
+            return
         self.lower, self.strict, self.group = self.group, True, None
         if self.after_group <= 0:
             self._has_next_page = False
@@ -133,3 +143,15 @@ class ModifiedDateSeekPaginator(BasePaginator):
         if page == self._last_page and self.group is None:
             raise RepeatedPageError(f"Codat returned the same customers twice for query {signature[0]!r}")
         self._last_page = page
+
+
+def _server_time_after(response: Response, instant: datetime | None) -> bool:
+    """Whether the server's `Date` says `instant`'s whole second is over (no Date: assume so)."""
+    header = response.headers.get("Date")
+    if not header or instant is None:
+        return True
+    try:
+        served = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return True
+    return served.timestamp() >= math.floor(instant.timestamp()) + 1

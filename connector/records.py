@@ -52,13 +52,29 @@ def format_codat_datetime(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class ExtractionClock:
+    """Strictly increasing UTC instants, stamped on rows as `extractedAt`.
+
+    One run may see a customer twice (it moved while the run paged); the merge keeps the
+    row seen last, which is never older, by sorting duplicates on this stamp.
+    """
+
+    def __init__(self) -> None:
+        self._last = datetime.min.replace(tzinfo=UTC)
+
+    def now(self) -> datetime:
+        """The current instant, at least a microsecond after the previous one."""
+        self._last = max(datetime.now(UTC), self._last + timedelta(microseconds=1))
+        return self._last
+
+
 def record_hash(record: Json) -> str:
     """A short, stable digest of a record as Codat sent it, to recognise a record already loaded."""
     canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.blake2b(canonical.encode(), digest_size=10).hexdigest()
 
 
-def map_customer(record: Json, company_id: str) -> Json:
+def map_customer(record: Json, company_id: str, extracted_at: datetime | None = None) -> Json:
     """A customer row: Codat's fields, dates as UTC instants, deletes as `isDeleted`.
 
     `metadata.isDeleted` becomes a top-level boolean (`false` when `metadata` is absent or
@@ -67,6 +83,7 @@ def map_customer(record: Json, company_id: str) -> Json:
     row = {k: v for k, v in record.items() if k not in ("metadata", "supplementalData")}
     metadata = record.get("metadata")
     row["companyId"] = company_id
+    row["extractedAt"] = extracted_at
     row["isDeleted"] = bool(metadata.get("isDeleted")) if isinstance(metadata, dict) else False
     row["supplementalData"] = record.get("supplementalData")
     for name in DATE_FIELDS:

@@ -40,6 +40,7 @@ CUSTOMER_COLUMNS: TTableSchemaColumns = {
     "modified_date": {"data_type": "timestamp"},
     "source_modified_date": {"data_type": "timestamp"},
     "is_deleted": {"data_type": "bool", "nullable": False},
+    "extracted_at": {"data_type": "timestamp", "dedup_sort": "desc"},
     "supplemental_data": {"data_type": "json"},
 }
 ATTACHMENT_KEY = ("company_id", "connection_id", "customer_id", "id")

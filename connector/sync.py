@@ -8,10 +8,24 @@ from typing import Any
 
 import dlt
 from dlt.common.pipeline import LoadInfo
+from dlt.common.schema.typing import TTableSchemaColumns
 
 from connector.source import codat_source
 from connector.status import FAILED, RunLedger
 from connector.views import create_views
+
+STATUS_COLUMNS: TTableSchemaColumns = {
+    "company_id": {"data_type": "text", "nullable": False},
+    "company_name": {"data_type": "text"},
+    "status": {"data_type": "text", "nullable": False},
+    "http_status": {"data_type": "bigint"},
+    "error": {"data_type": "text"},
+    "correlation_id": {"data_type": "text"},
+    "notes": {"data_type": "text"},
+    "requests": {"data_type": "bigint"},
+    "run_started_at": {"data_type": "timestamp"},
+    "load_id": {"data_type": "text"},
+}
 
 
 @dataclass
@@ -78,6 +92,9 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
     started = time.monotonic()
     ledger = RunLedger()
     source = codat_source(ledger=ledger, **source_options)
+    if pipeline.has_pending_data:
+        # An interrupted run left packages behind: dlt's `run` would only finish those.
+        pipeline.run()
     before = 0 if full_refresh else count_rows(pipeline, "customers")
     info: LoadInfo = pipeline.run(source, refresh="drop_sources") if full_refresh else pipeline.run(source)
     load_id = info.loads_ids[-1] if info.loads_ids else None
@@ -85,7 +102,9 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
     views = create_views(pipeline)
     status_rows = ledger.rows(load_id)
     if status_rows:
-        pipeline.run(status_rows, table_name="sync_status", write_disposition="append")
+        pipeline.run(
+            status_rows, table_name="sync_status", write_disposition="append", columns=STATUS_COLUMNS
+        )
     runs = ledger.companies.values()
     loaded = sum(r.customers_loaded for r in runs)
     deleted = sum(r.customers_deleted for r in runs)

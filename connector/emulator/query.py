@@ -140,7 +140,8 @@ def parse_instant(text: str) -> datetime | None:
         offset = timedelta() if zone in (None, "Z") else _offset(zone)
         hours, minutes, seconds = (int(part or 0) for part in (hour, minute, second))
         micros = int((fraction or "")[:6].ljust(6, "0"))
-        local = datetime(int(year), int(month), int(day), hours, minutes, seconds, micros, timezone(offset))
+        tz = timezone(offset)
+        local = datetime(int(year), int(month), int(day), hours, minutes, seconds, micros, tz)
         return local.astimezone(UTC)
     except (ValueError, OverflowError):
         return None
