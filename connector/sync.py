@@ -66,13 +66,14 @@ class SyncSummary:
         return lines
 
 
-def count_rows(pipeline: dlt.Pipeline, table: str) -> int:
-    """Rows in a destination table, 0 when it does not exist yet."""
-    if not pipeline.default_schema_name or table not in pipeline.default_schema.tables:
+def count_customers(pipeline: dlt.Pipeline) -> int:
+    """Distinct customers in the destination (appending destinations keep every version)."""
+    if not pipeline.default_schema_name or "customers" not in pipeline.default_schema.tables:
         return 0
     try:
         with pipeline.sql_client() as sql:
-            rows = sql.execute_sql(f"SELECT COUNT(*) FROM {sql.make_qualified_table_name(table)}")
+            table = sql.make_qualified_table_name("customers")
+            rows = sql.execute_sql(f"SELECT COUNT(*) FROM (SELECT DISTINCT company_id, id FROM {table}) k")
             return int(rows[0][0]) if rows else 0
     except Exception:  # noqa: BLE001 - no SQL on this destination, or the table was never loaded
         return 0
@@ -95,10 +96,10 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
     if pipeline.has_pending_data:
         # An interrupted run left packages behind: dlt's `run` would only finish those.
         pipeline.run()
-    before = 0 if full_refresh else count_rows(pipeline, "customers")
+    before = 0 if full_refresh else count_customers(pipeline)
     info: LoadInfo = pipeline.run(source, refresh="drop_sources") if full_refresh else pipeline.run(source)
     load_id = info.loads_ids[-1] if info.loads_ids else None
-    after = count_rows(pipeline, "customers")
+    after = count_customers(pipeline)
     views = create_views(pipeline)
     status_rows = ledger.rows(load_id)
     if status_rows:

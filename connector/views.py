@@ -49,6 +49,8 @@ def create_views(pipeline: Pipeline) -> list[str]:
     """
     if not pipeline.default_schema_name or "customers" not in pipeline.default_schema.tables:
         return []
+    if pipeline.destination.destination_name == "filesystem":
+        return []  # its SQL client is a throwaway in-memory DuckDB: views would not persist
     schema = pipeline.default_schema
     try:
         sql_client = pipeline.sql_client()

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
-import pytest
+# Tests never read the repository's .dlt/ nor the user's ~/.dlt: dlt looks here instead.
+_DLT_HOME = tempfile.mkdtemp(prefix="codat-tests-dlt-")
+os.environ["DLT_PROJECT_DIR"] = _DLT_HOME
+os.environ["DLT_DATA_DIR"] = _DLT_HOME
 
-from connector.emulator.server import Emulator, EmulatorServer
-from connector.emulator.store import Sizing
+import pytest  # noqa: E402 - after the environment above
+
+from connector.emulator.server import Emulator, EmulatorServer  # noqa: E402
+from connector.emulator.store import Sizing  # noqa: E402
 
 API_KEY = "test-key-5f2c9a"
 DEFAULT_SIZING = Sizing(seed=7, companies=3, customers=300)
@@ -35,3 +42,64 @@ def emulator(emulator_server: EmulatorServer) -> Emulator:
 @pytest.fixture
 def base_url(emulator: Emulator, emulator_server: EmulatorServer) -> str:
     return emulator_server.url
+
+
+# -- HTTP helpers for tests that talk to the emulator over loopback ---------------------------
+
+import base64  # noqa: E402
+
+import requests  # noqa: E402
+
+
+def basic_auth(api_key: str = API_KEY) -> str:
+    """The `Authorization` value Codat expects: `Basic` and the base64 of the key alone."""
+    return "Basic " + base64.b64encode(api_key.encode()).decode()
+
+
+class CodatSession(requests.Session):
+    """A keep-alive session whose URLs are paths under the emulator's base URL."""
+
+    def __init__(self, base_url: str, api_key: str | None = API_KEY) -> None:
+        super().__init__()
+        self.base_url = base_url
+        if api_key is not None:
+            self.headers["Authorization"] = basic_auth(api_key)
+
+    def request(self, method, url, *args, **kwargs):  # type: ignore[override]
+        return super().request(method, self.base_url + url, *args, **kwargs)
+
+
+@pytest.fixture
+def codat(base_url: str) -> Iterator[CodatSession]:
+    """A session that sends the right API key to the freshly reset emulator."""
+    with CodatSession(base_url) as session:
+        yield session
+
+
+@pytest.fixture
+def control(base_url: str) -> Iterator[CodatSession]:
+    """A session without credentials, for the emulator's `/_emulator/` control API."""
+    with CodatSession(base_url, api_key=None) as session:
+        yield session
+
+
+ERROR_KEYS = {"statusCode", "service", "error", "correlationId", "canBeRetried", "detailedErrorCode"}
+
+
+def assert_error(response: requests.Response, status: int, error: str | None = None) -> dict:
+    """Check an `ErrorMessage` answer and return its body."""
+    assert response.status_code == status
+    body = response.json()
+    assert set(body) == ERROR_KEYS
+    assert body["statusCode"] == status
+    assert isinstance(body["correlationId"], str)
+    assert len(body["correlationId"]) == 32
+    assert body["canBeRetried"] == "Unknown"
+    assert body["detailedErrorCode"] == 0
+    if error is not None:
+        assert body["error"] == error
+    return body
+
+
+def customers_path(company_id: str) -> str:
+    return f"/companies/{company_id}/data/customers"

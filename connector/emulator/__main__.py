@@ -39,7 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the API key clients must send (default: %(default)s)",
     )
     parser.add_argument(
-        "--latency", type=float, default=0.0, help="seconds added to every answer (default: 0)"
+        "--latency",
+        type=float,
+        default=0.0,
+        help="seconds each admitted request takes, holding its concurrency slot (default: 0)",
     )
     parser.add_argument(
         "--daily-limit",

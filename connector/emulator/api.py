@@ -372,6 +372,30 @@ def _push_body(
 READ_ONLY = ("id", "modifiedDate", "sourceModifiedDate")
 
 
+def _queue_push(
+    api: CodatApi,
+    company: Company,
+    connection: Connection,
+    record: Json,
+    change_type: str,
+    timeout: int | None,
+    errors: list[Any],
+    stale: bool = False,
+) -> Response:
+    """Track a Pending push operation for `record` and answer with it."""
+    operation = api.emulator.ledger.new_operation(
+        company_id=company.id,
+        connection_id=connection.id,
+        customer=record,
+        change_type=change_type,
+        timeout_minutes=timeout,
+        errors=errors,
+        stale=stale,
+    )
+    api.emulator.ledger.record(operation)
+    return json_response(operation.to_json())
+
+
 @route("POST", "/companies/{}/connections/{}/push/customers", "create-customer")
 def create_customer(api: CodatApi, request: Request, args: list[str]) -> Response:
     """Queue the creation of a customer as a push operation."""
@@ -382,16 +406,7 @@ def create_customer(api: CodatApi, request: Request, args: list[str]) -> Respons
     body, errors = _push_body(api, request, company, connection)
     record = {k: v for k, v in body.items() if k not in READ_ONLY}
     record.update(id=str(uuid.uuid4()), sourceModifiedDate=utc_stamp(), metadata={"isDeleted": False})
-    operation = api.emulator.ledger.new_operation(
-        company_id=company.id,
-        connection_id=connection.id,
-        customer=record,
-        change_type="Created",
-        timeout_minutes=timeout,
-        errors=errors,
-    )
-    api.emulator.ledger.record(operation)
-    return json_response(operation.to_json())
+    return _queue_push(api, company, connection, record, "Created", timeout, errors)
 
 
 @route("PUT", "/companies/{}/connections/{}/push/customers/{}", "update-customer")
@@ -407,14 +422,4 @@ def update_customer(api: CodatApi, request: Request, args: list[str]) -> Respons
     body, errors = _push_body(api, request, company, connection)
     record = {**current, **{k: v for k, v in body.items() if k not in READ_ONLY}}
     record["sourceModifiedDate"] = utc_stamp()
-    operation = api.emulator.ledger.new_operation(
-        company_id=company.id,
-        connection_id=connection.id,
-        customer=record,
-        change_type="Modified",
-        timeout_minutes=timeout,
-        errors=errors,
-        stale=stale and not force,
-    )
-    api.emulator.ledger.record(operation)
-    return json_response(operation.to_json())
+    return _queue_push(api, company, connection, record, "Modified", timeout, errors, stale and not force)

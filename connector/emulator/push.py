@@ -79,7 +79,7 @@ class PushOperation:
             "requestedOnUtc": _iso(self.requested),
             "completedOnUtc": _iso(self.completed) if self.completed is not None else None,
             "timeoutInMinutes": self.timeout_minutes,
-            "timeoutInSeconds": self.timeout_minutes * 60 if self.timeout_minutes else None,
+            "timeoutInSeconds": None if self.timeout_minutes is None else self.timeout_minutes * 60,
             "status": self.status,
             "errorMessage": error if failed else None,
             "validation": {

@@ -143,8 +143,6 @@ class Emulator:
 
     def serve(self, request: Request) -> tuple[Response, Fault | None]:
         """Answer one Codat request; the fault, if any, tells the transport how to misbehave."""
-        if self.latency:
-            time.sleep(self.latency)
         found = match_route(request.method, request.segments)
         operation = found[0] if found else "unknown"
         company_id = (
@@ -169,14 +167,14 @@ class Emulator:
         return response, fault
 
     def _answer(self, request: Request, found: Any, fault: Fault | None) -> Response:
+        # Latency and slow faults are time spent serving: the request holds its concurrency
+        # slot and, for a POST with an Idempotency-Key, its claim on the key meanwhile.
+        if self.latency:
+            time.sleep(self.latency)
         if fault is not None and fault.kind in ERROR_TEXTS:
             headers = {"Retry-After": fault.retry_after_header()} if fault.kind == "429" else {}
             return error_response(int(fault.kind), ERROR_TEXTS[fault.kind], headers=headers)
-        if fault is not None and fault.kind == "slow":
-            time.sleep(fault.delay)
-        if found is None:
-            return error_response(404, f"No route for {request.method} {request.path}")
-        key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
+        key = request.headers.get("Idempotency-Key") if request.method == "POST" and found else None
         if key:
             claim = self.ledger.claim(key, request.body)
             if claim == "conflict":
@@ -185,6 +183,10 @@ class Emulator:
                 return error_response(422, "This Idempotency-Key was used with a different request body.")
             if isinstance(claim, tuple):
                 return Response(claim[0], claim[1])
+        if fault is not None and fault.kind == "slow":
+            time.sleep(fault.delay)
+        if found is None:
+            return error_response(404, f"No route for {request.method} {request.path}")
         response = self._dispatch(request, found)
         if key:
             self.ledger.finish(key, (response.status, response.body))
@@ -242,6 +244,8 @@ def parse_request(method: str, target: str, headers: Any, body: bytes) -> Reques
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "CodatEmulator/1.0"
+    # Headers and body go out in two writes: with Nagle on, keep-alive clients wait ~40 ms for each.
+    disable_nagle_algorithm = True
     emulator: Emulator
 
     def do_GET(self) -> None:

@@ -1,0 +1,125 @@
+"""`python -m connector.emulator` as a subprocess: it announces its URL, serves, and rejects bad flags."""
+
+from __future__ import annotations
+
+import re
+import selectors
+import socket
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from tests.conftest import basic_auth
+
+READY = re.compile(r"ready at (http://127\.0\.0\.1:(\d+))")
+
+
+def emulator_command(*flags: str) -> list[str]:
+    return [sys.executable, "-m", "connector.emulator", *flags]
+
+
+def read_line(process: subprocess.Popen, timeout: float) -> str:
+    """The first line the process prints, waiting at most `timeout` seconds."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise AssertionError(f"no output within {timeout} s")
+    return process.stdout.readline()
+
+
+@pytest.fixture
+def running_emulator():
+    """Start the command line emulator on a free port; terminate it whatever the test does."""
+    flags = ["--port", "0", "--companies", "2", "--customers", "50", "--seed", "3", "--api-key", "K"]
+    process = subprocess.Popen(
+        emulator_command(*flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield process, read_line(process, timeout=30)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+
+def test_command_line_emulator_announces_its_url_and_serves(running_emulator):
+    process, line = running_emulator
+    match = READY.search(line)
+    assert match, line
+    assert line.rstrip() == f"Codat emulator ready at {match[1]} (2 companies, 50 customers)"
+    url, port = match[1], int(match[2])
+    assert port > 0
+    auth = {"Authorization": basic_auth("K")}
+    companies = requests.get(f"{url}/companies", headers=auth, timeout=5).json()
+    assert companies["totalResults"] == 2
+    totals = [
+        requests.get(f"{url}/companies/{c['id']}/data/customers", headers=auth, timeout=5).json()[
+            "totalResults"
+        ]
+        for c in companies["results"]
+    ]
+    assert sum(totals) == 50
+    assert (
+        requests.get(f"{url}/companies", headers={"Authorization": basic_auth()}, timeout=5).status_code
+        == 401
+    )
+    assert requests.get(f"{url}/_emulator/health", timeout=5).json() == {"ok": True}
+    assert process.poll() is None
+
+
+def test_same_seed_serves_the_same_ids_in_two_processes(running_emulator):
+    _, line = running_emulator
+    first = requests.get(
+        f"{READY.search(line)[1]}/companies", headers={"Authorization": basic_auth("K")}, timeout=5
+    )
+    flags = ["--port", "0", "--companies", "2", "--customers", "50", "--seed", "3", "--api-key", "K"]
+    other = subprocess.Popen(
+        emulator_command(*flags), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        url = READY.search(read_line(other, timeout=30))[1]
+        second = requests.get(f"{url}/companies", headers={"Authorization": basic_auth("K")}, timeout=5)
+    finally:
+        other.terminate()
+        other.wait(timeout=10)
+        other.stdout.close()
+    assert [c["id"] for c in second.json()["results"]] == [c["id"] for c in first.json()["results"]]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--companies", "-1"], "--companies must be 0 or more"),
+        (["--customers", "-5"], "--customers must be 0 or more"),
+        (["--port", "eighty"], "argument --port: invalid int value: 'eighty'"),
+        (["--seed"], "argument --seed: expected one argument"),
+        (["--colour", "blue"], "unrecognized arguments: --colour blue"),
+    ],
+    ids=["negative-companies", "negative-customers", "port-not-a-number", "missing-value", "unknown-flag"],
+)
+def test_bad_flags_exit_2_with_a_clear_message(flags, message):
+    result = subprocess.run(
+        emulator_command("--port", "0", *flags), capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_port_in_use_exits_2_with_a_clear_message():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            emulator_command("--port", str(port)), capture_output=True, text=True, timeout=30
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
