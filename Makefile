@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project (again only when pyproject.toml changes)
 
-demo: $(STAMP) ## Start the emulator, sync it into codat.duckdb, print what was loaded
+demo: $(STAMP) ## Start the emulator, sync it twice into codat_warehouse.duckdb, print what landed
 	$(BIN)/python pipelines/demo.py
 
 test: $(STAMP) ## Run the whole test suite against the emulator

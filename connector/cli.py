@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import dlt
 from dlt.common.configuration.exceptions import ConfigFieldMissingException
+from dlt.common.runtime.collector import LogCollector
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from connector.client import CodatApiError
 from connector.sync import run_sync
 
 EXIT_OK, EXIT_COMPANY_FAILED, EXIT_ERROR = 0, 1, 2
+PROGRESS_PERIOD = 2.0  # seconds between progress reports
+# Not `codat.duckdb`: DuckDB names the catalog after the file, and a catalog named like the
+# dataset makes `codat.customers` ambiguous (a Binder Error on load and in every query).
+DEFAULT_DUCKDB_FILE = "codat_warehouse.duckdb"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,10 +30,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Sync Codat customers (and their attachments) into DuckDB or any dlt destination. "
         "The API key comes from SOURCES__CODAT__API_KEY or .dlt/secrets.toml.",
     )
-    parser.add_argument("--companies", help="comma-separated company ids (default: every company)")
-    parser.add_argument("--company-query", help="a Codat query on companies, e.g. 'name~Acme'")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--companies", help="comma-separated company ids (default: every company)")
+    which.add_argument("--company-query", help="a Codat query on companies, e.g. 'name~Acme'")
     parser.add_argument("--destination", default="duckdb", help="dlt destination (default: duckdb)")
-    parser.add_argument("--duckdb-file", default="codat.duckdb", help="DuckDB file (default: codat.duckdb)")
+    parser.add_argument(
+        "--duckdb-file", default=DEFAULT_DUCKDB_FILE, help="DuckDB file (default: %(default)s)"
+    )
     parser.add_argument("--dataset", default="codat", help="dataset / schema name (default: codat)")
     parser.add_argument("--pipeline-name", default="codat", help="dlt pipeline name (default: codat)")
     parser.add_argument("--pipelines-dir", help="where dlt keeps pipeline state (default: dlt's)")
@@ -39,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-attachments", action="store_true", help="skip attachment metadata")
     parser.add_argument("--request-budget", type=int, help="requests this run may spend")
     parser.add_argument("--hard-delete", action="store_true", help="remove deleted customers")
-    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument("--quiet", action="store_true", help="no progress display (on stderr)")
     return parser.parse_args(argv)
 
 
@@ -61,13 +70,23 @@ def source_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def make_pipeline(args: argparse.Namespace) -> dlt.Pipeline:
-    """The dlt pipeline the command line describes."""
+    """The dlt pipeline the command line describes.
+
+    Raises:
+        ValueError: The DuckDB file is named like the dataset.
+    """
     destination: Any = args.destination
     if destination == "duckdb":
+        if Path(args.duckdb_file).stem.casefold() == args.dataset.casefold():
+            raise ValueError(
+                f"the DuckDB file {args.duckdb_file!r} and the dataset {args.dataset!r} share a name, "
+                "which DuckDB cannot tell apart; rename one (--duckdb-file or --dataset)"
+            )
         destination = dlt.destinations.duckdb(args.duckdb_file)
     options: dict[str, Any] = {"pipelines_dir": args.pipelines_dir} if args.pipelines_dir else {}
     if not args.quiet:
-        options["progress"] = "log"
+        # On stderr, so stdout carries only the summary (what cron mails).
+        options["progress"] = LogCollector(PROGRESS_PERIOD, logger=sys.stderr, dump_system_stats=False)
     pipeline: dlt.Pipeline = dlt.pipeline(
         pipeline_name=args.pipeline_name, destination=destination, dataset_name=args.dataset, **options
     )

@@ -36,9 +36,11 @@ def parse_codat_datetime(value: Any) -> datetime | None:
     if int(year) == NULL_DATE_YEAR:
         return None
     micros = int((fraction or "0")[:6].ljust(6, "0"))
-    moment = datetime(
-        int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0), micros
-    )
+    clock = (int(hour or 0), int(minute or 0), int(second or 0), micros)
+    try:
+        moment = datetime(int(year), int(month), int(day), *clock)
+    except ValueError:  # shaped like a date but impossible (month 13, hour 25, ...)
+        return None
     if zone and zone != "Z":
         sign = 1 if zone[0] == "+" else -1
         digits = zone[1:].replace(":", "")

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 _DLT_HOME = tempfile.mkdtemp(prefix="codat-tests-dlt-")
 os.environ["DLT_PROJECT_DIR"] = _DLT_HOME
 os.environ["DLT_DATA_DIR"] = _DLT_HOME
+os.environ["RUNTIME__DLTHUB_TELEMETRY"] = "false"
 
 import pytest  # noqa: E402 - after the environment above
 

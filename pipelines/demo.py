@@ -1,0 +1,203 @@
+"""`make demo`: sync a local Codat emulator into DuckDB twice, with changes between, then query it."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import queue
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.request import ProxyHandler, Request, build_opener
+
+import duckdb
+
+from connector import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED, COMPANIES, CUSTOMERS = 7, 3, 2000
+DUCKDB_FILE = Path(cli.DEFAULT_DUCKDB_FILE)
+DATASET = "codat"
+READY_TIMEOUT = 60.0
+# Per company, between the two runs: what one Codat sync of the companies might bring.
+CHANGES = (("modify", 20), ("delete", 5), ("add", 10))
+NAME_WIDTH = 40
+NUMBERS = (int, float, Decimal)
+
+QUERIES: dict[str, str] = {
+    "Customers per company (view customers_current: deleted ones excluded)": """
+        SELECT co.name AS company, co.platform, COUNT(c.id) AS customers
+        FROM codat.companies co LEFT JOIN codat.customers_current c ON c.company_id = co.id
+        GROUP BY ALL ORDER BY customers DESC, company""",
+    "Currency mix (current customers)": """
+        SELECT COALESCE(default_currency, '(none)') AS currency, COUNT(*) AS customers,
+               ROUND(100.0 * COUNT(*) / SUM(COUNT(*)) OVER (), 1)::DECIMAL(4, 1) AS share_pct
+        FROM codat.customers_current GROUP BY ALL ORDER BY customers DESC, currency""",
+    "Deleted customers (kept with is_deleted = true), per company": """
+        SELECT co.name AS company, COUNT(*) AS deleted, MAX(c.modified_date) AS latest_change
+        FROM codat.customers c JOIN codat.companies co ON co.id = c.company_id
+        WHERE c.is_deleted GROUP BY ALL ORDER BY deleted DESC, company""",
+    "Attachment content types": """
+        SELECT content_type, COUNT(*) AS attachments,
+               ROUND(SUM(file_size) / 1e6, 2)::DECIMAL(12, 2) AS reported_mb,
+               COUNT(*) - COUNT(file_size) AS size_unknown
+        FROM codat.customer_attachments GROUP BY ALL ORDER BY attachments DESC, content_type""",
+    "Latest sync_status rows": """
+        SELECT strftime(run_started_at, '%H:%M:%S') AS run_started, company_name AS company, status,
+               customers_loaded AS customers, customers_deleted AS deleted,
+               attachments_loaded AS attachments, attachments_deferred AS deferred, requests
+        FROM codat.sync_status ORDER BY run_started_at DESC, company_name LIMIT 6""",
+}
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed."""
+
+
+@contextlib.contextmanager
+def running_emulator(api_key: str) -> Iterator[str]:
+    """Start the emulator on a free port, yield its URL, and stop it whatever happens."""
+    command = [
+        sys.executable, "-m", "connector.emulator", "--port", "0", "--seed", str(SEED),
+        "--companies", str(COMPANIES), "--customers", str(CUSTOMERS), "--api-key", api_key,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.getenv("PYTHONPATH")]))}
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+        try:
+            yield wait_until_ready(process, errors)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_until_ready(process: subprocess.Popen[str], errors: Any) -> str:
+    """The URL of the emulator's "ready at" line, or a DemoError with what it said instead."""
+    lines: queue.Queue[str] = queue.Queue()
+    assert process.stdout is not None
+    stdout = process.stdout
+    threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+    try:
+        line = lines.get(timeout=READY_TIMEOUT)
+    except queue.Empty:
+        raise DemoError(f"the emulator did not start within {READY_TIMEOUT:.0f} s") from None
+    found = re.search(r"ready at (http://\S+)", line)
+    if found is None:
+        process.wait(timeout=10)
+        errors.seek(0)
+        raise DemoError(f"the emulator did not start: {(line + errors.read()).strip() or 'no output'}")
+    print(line.strip())
+    return found.group(1)
+
+
+def control(base_url: str, method: str, route: str, body: Any = None) -> Any:
+    """Call the emulator's control API (`/_emulator/<route>`), never through a proxy."""
+    data = None if body is None else json.dumps(body).encode()
+    request = Request(f"{base_url}/_emulator/{route}", data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    with build_opener(ProxyHandler({})).open(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+def sync(base_url: str, title: str, pipelines_dir: str, progress: bool) -> None:
+    """One `codat-sync` run, in process; print its summary and the requests the emulator saw."""
+    argv = ["--duckdb-file", str(DUCKDB_FILE), "--dataset", DATASET, "--pipelines-dir", pipelines_dir]
+    if not progress:
+        argv.append("--quiet")
+    print(f"\n== {title}\n   codat-sync {' '.join(argv)}")
+    control(base_url, "DELETE", "requests")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(argv)
+    for line in out.getvalue().splitlines():
+        print(f"   {line}")
+    if code != cli.EXIT_OK:
+        raise DemoError(f"codat-sync exited with {code}")
+    stats = control(base_url, "GET", "stats")
+    by_operation = ", ".join(f"{op} {n}" for op, n in sorted(stats["by_operation"].items()))
+    print(f"   the emulator saw {stats['requests']} requests: {by_operation}")
+
+
+def change_customers(base_url: str) -> None:
+    """Modify, delete and add customers in every company, as a Codat sync of them would."""
+    done = []
+    for action, count in CHANGES:
+        changed = control(base_url, "POST", "mutate", {"action": action, "count": count})["changed"]
+        done.append(f"{sum(len(ids) for ids in changed.values())} {action}")
+    print(f"\n== Changes in the emulator (POST /_emulator/mutate): {', '.join(done)}")
+
+
+def show(title: str, con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Print a query's result as a table with aligned columns (numbers to the right)."""
+    cursor = con.execute(sql)
+    headers = [d[0] for d in cursor.description or []]
+    rows = cursor.fetchall()
+    print(f"\n== {title}")
+    print(format_table(headers, rows))
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Rows under their headers, columns padded to their widest cell."""
+    cells = [[format_cell(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    numeric = [bool(rows) and all(isinstance(r[i], NUMBERS) for r in rows) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        padded = (v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True))
+        return "   " + "  ".join(padded).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def format_cell(value: Any) -> str:
+    """A cell's text: no microseconds on instants, long names cut short."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    text = str(value)
+    return text if len(text) <= NAME_WIDTH else text[: NAME_WIDTH - 1] + "…"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; 0 when every step worked."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--progress", action="store_true", help="show dlt's progress (on stderr)")
+    args = parser.parse_args(argv)
+    api_key = f"demo-{secrets.token_hex(8)}"  # a throwaway key the emulator and the sync share
+    for path in (DUCKDB_FILE, DUCKDB_FILE.with_name(DUCKDB_FILE.name + ".wal")):
+        path.unlink(missing_ok=True)
+    try:
+        with running_emulator(api_key) as base_url, tempfile.TemporaryDirectory() as pipelines_dir:
+            os.environ["SOURCES__CODAT__API_KEY"] = api_key
+            os.environ["SOURCES__CODAT__BASE_URL"] = base_url
+            sync(base_url, "Run 1: first sync, everything", pipelines_dir, args.progress)
+            change_customers(base_url)
+            sync(base_url, "Run 2: incremental, only what changed", pipelines_dir, args.progress)
+        with duckdb.connect(str(DUCKDB_FILE), read_only=True) as con:
+            for title, sql in QUERIES.items():
+                show(title, con, sql)
+    except Exception as exc:  # noqa: BLE001 - any failure ends the demo with its reason
+        print(f"\ndemo failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nAll in {DUCKDB_FILE} (dataset {DATASET}): try SELECT * FROM {DATASET}.customers_current")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
