@@ -7,13 +7,9 @@ import contextlib
 import io
 import json
 import os
-import queue
-import re
 import secrets
-import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -24,12 +20,11 @@ from urllib.request import ProxyHandler, Request, build_opener
 import duckdb
 
 from connector import cli
+from connector.emulator.launch import EmulatorStartError, emulator_process
 
-ROOT = Path(__file__).resolve().parents[1]
 SEED, COMPANIES, CUSTOMERS = 7, 3, 2000
 DUCKDB_FILE = Path(cli.DEFAULT_DUCKDB_FILE)
 DATASET = "codat"
-READY_TIMEOUT = 60.0
 # Per company, between the two runs: what one Codat sync of the companies might bring.
 CHANGES = (("modify", 20), ("delete", 5), ("add", 10))
 NAME_WIDTH = 40
@@ -68,41 +63,13 @@ class DemoError(RuntimeError):
 @contextlib.contextmanager
 def running_emulator(api_key: str) -> Iterator[str]:
     """Start the emulator on a free port, yield its URL, and stop it whatever happens."""
-    command = [
-        sys.executable, "-m", "connector.emulator", "--port", "0", "--seed", str(SEED),
-        "--companies", str(COMPANIES), "--customers", str(CUSTOMERS), "--api-key", api_key,
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.getenv("PYTHONPATH")]))}
-    with tempfile.TemporaryFile("w+") as errors:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
-        try:
-            yield wait_until_ready(process, errors)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def wait_until_ready(process: subprocess.Popen[str], errors: Any) -> str:
-    """The URL of the emulator's "ready at" line, or a DemoError with what it said instead."""
-    lines: queue.Queue[str] = queue.Queue()
-    assert process.stdout is not None
-    stdout = process.stdout
-    threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+    flags = ["--seed", str(SEED), "--companies", str(COMPANIES), "--customers", str(CUSTOMERS)]
     try:
-        line = lines.get(timeout=READY_TIMEOUT)
-    except queue.Empty:
-        raise DemoError(f"the emulator did not start within {READY_TIMEOUT:.0f} s") from None
-    found = re.search(r"ready at (http://\S+)", line)
-    if found is None:
-        process.wait(timeout=10)
-        errors.seek(0)
-        raise DemoError(f"the emulator did not start: {(line + errors.read()).strip() or 'no output'}")
-    print(line.strip())
-    return found.group(1)
+        with emulator_process(*flags, "--api-key", api_key) as url:
+            print(f"Codat emulator ready at {url} ({COMPANIES} companies, {CUSTOMERS} customers)")
+            yield url
+    except EmulatorStartError as exc:
+        raise DemoError(str(exc)) from None
 
 
 def control(base_url: str, method: str, route: str, body: Any = None) -> Any:

@@ -4,58 +4,38 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import dlt
 
+from connector.emulator.launch import emulator_process
 from connector.sync import run_sync
 
-REPO = Path(__file__).resolve().parents[2]
 KEY = "bench-key"
-
-
-def start_emulator(companies: int, customers: int) -> tuple[subprocess.Popen[str], str]:
-    """The emulator in its own process, so this process's memory is the sync's alone."""
-    command = [sys.executable, "-m", "connector.emulator", "--port", "0", "--api-key", KEY]
-    command += ["--companies", str(companies), "--customers", str(customers), "--seed", "7"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(r"http://[\d.]+:\d+", line)
-    if match is None:
-        process.kill()
-        raise RuntimeError(f"the emulator did not start: {line!r}")
-    return process, match.group(0)
 
 
 def bench_sync(companies: int = 1, customers: int = 20_000) -> dict[str, Any]:
     """Time a full load and an unchanged rerun; report rates, requests and peak memory."""
-    process, url = start_emulator(companies, customers)
     os.environ.setdefault("RUNTIME__LOG_LEVEL", "ERROR")
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            pipeline = dlt.pipeline(
-                pipeline_name="bench",
-                destination=dlt.destinations.duckdb(os.path.join(tmp, "bench.duckdb")),
-                dataset_name="codat",
-                pipelines_dir=os.path.join(tmp, "pipelines"),
-            )
-            started = time.perf_counter()
-            full = run_sync(pipeline, api_key=KEY, base_url=url, attachments=False)
-            full_seconds = time.perf_counter() - started
-            started = time.perf_counter()
-            rerun = run_sync(pipeline, api_key=KEY, base_url=url, attachments=False)
-            rerun_seconds = time.perf_counter() - started
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    flags = ["--api-key", KEY, "--companies", str(companies), "--customers", str(customers), "--seed", "7"]
+    # The emulator in its own process, so this process's memory is the sync's alone.
+    with emulator_process(*flags) as url, tempfile.TemporaryDirectory() as tmp:
+        pipeline = dlt.pipeline(
+            pipeline_name="bench",
+            destination=dlt.destinations.duckdb(os.path.join(tmp, "bench.duckdb")),
+            dataset_name="codat",
+            pipelines_dir=os.path.join(tmp, "pipelines"),
+        )
+        started = time.perf_counter()
+        full = run_sync(pipeline, api_key=KEY, base_url=url, attachments=False)
+        full_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        rerun = run_sync(pipeline, api_key=KEY, base_url=url, attachments=False)
+        rerun_seconds = time.perf_counter() - started
     return {
         "customers": full.customers_new,
         "full_load_seconds": round(full_seconds, 2),
