@@ -52,7 +52,8 @@ class AttachmentSync:
         if not rows:
             return
         company_id = str(rows[0]["companyId"])
-        tasks = [(conn, str(row["id"])) for row in rows for conn in self.connections(company_id)]
+        connections = self.connections(company_id)
+        tasks = [(conn, str(row["id"])) for row in rows for conn in connections]
         yield from self._list(company_id, tasks, reserved=self._reserved)
 
     def backlog_pages(self) -> Iterator[list[Json]]:

@@ -84,9 +84,9 @@ class CompanyCursor:
         return {"cursor": self.cursor, "boundary": list(self.boundary), "last_sync": self.last_sync}
 
 
-def has_accounting_connection(company: Json) -> bool:
-    """Whether any of the company's connections carries accounting data."""
-    return any(c.get("sourceType") == "Accounting" for c in company.get("dataConnections") or [])
+def accounting_connection_ids(company: Json) -> list[str]:
+    """The ids of the company's connections that carry accounting data (and so customers)."""
+    return [c["id"] for c in company.get("dataConnections") or [] if c.get("sourceType") == "Accounting"]
 
 
 @dataclass
@@ -111,7 +111,7 @@ class CustomerSync:
         A failure is recorded on `run` and ends this company only; its cursor stays put.
         """
         company_id = str(company["id"])
-        if not has_accounting_connection(company):
+        if not accounting_connection_ids(company):
             run.status = SKIPPED
             run.notes.append("no accounting connection")
             return

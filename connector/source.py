@@ -18,7 +18,7 @@ from connector.client import (
     CodatApiError,
     CodatClient,
 )
-from connector.customers import CustomerSync
+from connector.customers import CustomerSync, accounting_connection_ids
 from connector.files import DEFAULT_FILES_URL, DEFAULT_MAX_FILE_SIZE, FileStore
 from connector.paging import DEFAULT_PAGE_SIZE
 from connector.records import parse_codat_datetime
@@ -145,11 +145,11 @@ def codat_source(
                 run.company(company_id).fail(exc)
         return found
 
+    @cache
     def accounting_connections(company_id: str) -> list[str]:
         for company in account():
             if company["id"] == company_id:
-                conns = company.get("dataConnections") or []
-                return [c["id"] for c in conns if c.get("sourceType") == "Accounting"]
+                return accounting_connection_ids(company)
         return []
 
     @dlt.resource(

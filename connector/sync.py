@@ -12,7 +12,7 @@ from dlt.common.schema.typing import TTableSchemaColumns
 
 from connector.source import codat_source
 from connector.status import FAILED, RunLedger
-from connector.views import create_views
+from connector.views import create_views, has_table
 
 STATUS_COLUMNS: TTableSchemaColumns = {
     "company_id": {"data_type": "text", "nullable": False},
@@ -68,7 +68,7 @@ class SyncSummary:
 
 def count_customers(pipeline: dlt.Pipeline) -> int:
     """Distinct customers in the destination (appending destinations keep every version)."""
-    if not pipeline.default_schema_name or "customers" not in pipeline.default_schema.tables:
+    if not has_table(pipeline, "customers"):
         return 0
     try:
         with pipeline.sql_client() as sql:

@@ -41,13 +41,18 @@ ATTACHMENT_FIELDS = (
 )  # fmt: skip
 
 
+def has_table(pipeline: Pipeline, table: str) -> bool:
+    """Whether the pipeline's schema holds `table` (nothing loaded yet: no schema at all)."""
+    return bool(pipeline.default_schema_name) and table in pipeline.default_schema.tables
+
+
 def create_views(pipeline: Pipeline) -> list[str]:
     """(Re)create `customers_current` and `customer_attachments_with_customers`.
 
     Only on SQL destinations (DuckDB, Postgres, ...) and only once the tables exist; a
     column Codat never sent yet is selected as NULL. Returns the views created.
     """
-    if not pipeline.default_schema_name or "customers" not in pipeline.default_schema.tables:
+    if not has_table(pipeline, "customers"):
         return []
     if pipeline.destination.destination_name == "filesystem":
         return []  # its SQL client is a throwaway in-memory DuckDB: views would not persist
