@@ -28,6 +28,7 @@ from connector.emulator.model import (
     STATUS_NEVER_READ,
     Attachment,
 )
+from tests.shapes import path_types
 
 EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "codat" / "examples"
 SEED = 20240110
@@ -372,29 +373,6 @@ def test_generated_attachment_bytes_match_file_size(attachments):
 # --- generated customers look like the examples ------------------------------------------
 
 
-def json_type(value):
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    return {str: "string", list: "array", dict: "object"}[type(value)]
-
-
-def walk(value, path, found):
-    """Record the JSON type at every path; supplemental content is free-form by the schema."""
-    found.setdefault(path, set()).add(json_type(value))
-    if path == "$.supplementalData.content":
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            walk(item, f"{path}.{key}", found)
-    elif isinstance(value, list):
-        for item in value:
-            walk(item, f"{path}[]", found)
-
-
 def example_customers():
     records = []
     for path in sorted(EXAMPLES.glob("*customer*.json")):
@@ -416,12 +394,10 @@ def example_shape():
         pytest.skip(f"the Codat examples folder {EXAMPLES} is absent")
     records = example_customers()
     assert len(records) > 100
-    shape = {}
-    for record in records:
-        walk(record, "$", shape)
+    shape = path_types(records)
     # The Customer schema documents supplementalData, which no example carries.
-    shape["$.supplementalData"] = {"object"}
-    shape["$.supplementalData.content"] = {"object"}
+    shape["supplementalData"] = {"object"}
+    shape["supplementalData.content"] = {"object"}
     return shape
 
 
@@ -437,9 +413,7 @@ def test_examples_use_only_contract_enums(example_shape):
 
 
 def check_like_examples(record, example_shape):
-    found = {}
-    walk(record, "$", found)
-    for path, types in found.items():
+    for path, types in path_types([record]).items():
         assert path in example_shape, f"{record['id']!r}: {path} is in no example"
         assert types - {"null"} <= example_shape[path], f"{record['id']!r}: {path} {types}"
     assert record["status"] in CUSTOMER_STATUSES

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from connector.emulator.store import Sizing
 from tests.conftest import DEFAULT_SIZING, ERROR_KEYS, CodatSession
+from tests.shapes import FREE_MAPS, json_type, path_types
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "codat"
 EXAMPLES = SHARED / "examples"
@@ -55,7 +55,6 @@ COMPONENT_STATUS = {
     "Internal-Server-Error": 500,
     "Service-Unavailable": 503,
 }
-FREE_MAPS = ("supplementalData.content",)  # any keys: not compared below this path
 GENERIC = {"Example 1", "default", ""}  # example names that are not a platform: any company will do
 
 
@@ -135,35 +134,6 @@ def test_every_example_file_is_compared():
 
 
 # -- JSON shapes ------------------------------------------------------------------------------
-
-
-def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    return {str: "string", list: "array", dict: "object"}[type(value)]
-
-
-def path_types(records: list[Any]) -> dict[str, set[str]]:
-    """Every field path (array items as `[]`) in the records, with the JSON types seen there."""
-    found: dict[str, set[str]] = defaultdict(set)
-
-    def walk(value: Any, path: str) -> None:
-        if path:
-            found[path].add(json_type(value))
-        if isinstance(value, dict) and path not in FREE_MAPS:
-            for key, item in value.items():
-                walk(item, f"{path}.{key}" if path else key)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item, f"{path}[]")
-
-    for record in records:
-        walk(record, "")
-    return found
 
 
 def values_at(records: list[Any], path: str) -> set[Any]:
