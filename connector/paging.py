@@ -58,7 +58,7 @@ class ModifiedDateSeekPaginator(BasePaginator):
         self.after_group: int | None = None  # records past the group when it was entered
         self._seek_total = 0  # `totalResults` of the seek that found the group
         self._pass_trusted = False  # the current pass over the group began after its instant
-        self._last_page: tuple[str, tuple[Any, ...]] | None = None
+        self._last_page: tuple[str, tuple[str, ...]] | None = None
 
     def query(self) -> str | None:
         """The Codat `query` for the next request."""
@@ -138,10 +138,11 @@ class ModifiedDateSeekPaginator(BasePaginator):
             self._has_next_page = False
 
     def _guard(self, results: list[dict[str, Any]]) -> None:
-        signature = (self.query() or "", self.group_page if self.group else 1)
-        page = (str(signature), tuple(str(r.get("id")) for r in results))
-        if page == self._last_page and self.group is None:
-            raise RepeatedPageError(f"Codat returned the same customers twice for query {signature[0]!r}")
+        if self.group is not None:
+            return  # a group pass re-reads pages on purpose (step-back, repeated passes)
+        page = (self.query() or "", tuple(str(r.get("id")) for r in results))
+        if page == self._last_page:
+            raise RepeatedPageError(f"Codat returned the same customers twice for query {page[0]!r}")
         self._last_page = page
 
 
