@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from connector.client import CodatApiError, CodatClient
@@ -47,13 +48,12 @@ class AttachmentSync:
             )
         self._reserved = sum(len(tasks) for tasks in self.backlog.values())
 
-    def for_customers(self, rows: list[Json]) -> Iterator[list[Json]]:
-        """Attachments of the customers on one page (all of one company)."""
-        if not rows:
-            return
-        company_id = str(rows[0]["companyId"])
+    def for_customers(
+        self, company_id: str, customers: Sequence[tuple[datetime | None, str]]
+    ) -> Iterator[list[Json]]:
+        """Attachments of one company's customers on one page, given as (modifiedDate, id)."""
         connections = self.connections(company_id)
-        tasks = [(conn, str(row["id"])) for row in rows for conn in connections]
+        tasks = [(conn, customer_id) for _, customer_id in customers for conn in connections]
         yield from self._list(company_id, tasks, reserved=self._reserved)
 
     def backlog_pages(self) -> Iterator[list[Json]]:

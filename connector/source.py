@@ -205,7 +205,10 @@ def codat_source(
         columns=attachment_columns,
     )
     def customer_attachments(rows: list[Json]) -> Iterator[list[Json]]:
-        yield from attachment_sync().for_customers(rows)
+        if rows:
+            company_id = str(rows[0]["companyId"])
+            customers = [(row.get("modifiedDate"), str(row["id"])) for row in rows]
+            yield from attachment_sync().for_customers(company_id, customers)
 
     @dlt.resource(
         table_name="customer_attachments",
