@@ -11,6 +11,8 @@ _DLT_HOME = tempfile.mkdtemp(prefix="codat-tests-dlt-")
 os.environ["DLT_PROJECT_DIR"] = _DLT_HOME
 os.environ["DLT_DATA_DIR"] = _DLT_HOME
 os.environ["RUNTIME__DLTHUB_TELEMETRY"] = "false"
+# The emulator has no per-minute limit unless a test turns it on: neither has the client then.
+os.environ["SOURCES__CODAT__REQUESTS_PER_MINUTE"] = "1000000"
 
 import pytest  # noqa: E402 - after the environment above
 
@@ -36,6 +38,8 @@ def emulator(emulator_server: EmulatorServer) -> Emulator:
     emu.latency = 0.0
     emu.limiter.daily_limit = None
     emu.limiter.max_concurrent = 10
+    emu.limiter.per_minute_limit = None  # the suite sends thousands of requests a minute
+    emu.limiter.window_seconds = 60.0
     emu.ledger.delay = 0.2
     return emu
 

@@ -93,16 +93,62 @@ def test_same_seed_serves_the_same_ids_in_two_processes(running_emulator):
     assert [c["id"] for c in second.json()["results"]] == [c["id"] for c in first.json()["results"]]
 
 
+def test_per_minute_limit_is_on_by_default_at_codats_figure(running_emulator):
+    _, line = running_emulator
+    config = requests.post(f"{READY.search(line)[1]}/_emulator/config", json={}, timeout=5).json()
+    assert (config["per_minute_limit"], config["window_seconds"]) == (1000, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "limit", "window"),
+    [
+        (["--per-minute-limit", "2", "--rate-window", "30"], 2, 30.0),
+        (["--per-minute-limit", "0"], None, 60.0),
+    ],
+    ids=["two-in-30-s", "zero-is-off"],
+)
+def test_per_minute_flags(flags, limit, window):
+    command = emulator_command(
+        "--port", "0", "--companies", "1", "--customers", "5", "--api-key", "K", *flags
+    )
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = READY.search(read_line(process, timeout=30))[1]
+        config = requests.post(f"{url}/_emulator/config", json={}, timeout=5).json()
+        assert (config["per_minute_limit"], config["window_seconds"]) == (limit, window)
+        auth = {"Authorization": basic_auth("K")}
+        answers = [requests.get(f"{url}/companies", headers=auth, timeout=5) for _ in range(3)]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stdout.close()
+    if limit is None:
+        assert [a.status_code for a in answers] == [200, 200, 200]
+    else:
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        assert 1 <= int(answers[2].headers["Retry-After"]) <= 30
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
         (["--companies", "-1"], "--companies must be 0 or more"),
         (["--customers", "-5"], "--customers must be 0 or more"),
+        (["--per-minute-limit", "-1"], "--per-minute-limit must be 0 or more"),
+        (["--rate-window", "0"], "--rate-window must be more than 0"),
         (["--port", "eighty"], "argument --port: invalid int value: 'eighty'"),
         (["--seed"], "argument --seed: expected one argument"),
         (["--colour", "blue"], "unrecognized arguments: --colour blue"),
     ],
-    ids=["negative-companies", "negative-customers", "port-not-a-number", "missing-value", "unknown-flag"],
+    ids=[
+        "negative-companies",
+        "negative-customers",
+        "negative-per-minute-limit",
+        "empty-rate-window",
+        "port-not-a-number",
+        "missing-value",
+        "unknown-flag",
+    ],
 )
 def test_bad_flags_exit_2_with_a_clear_message(flags, message):
     result = subprocess.run(

@@ -218,13 +218,19 @@ def test_sync_moves_last_sync_and_data_status(codat, control, company_id):
 
 
 def test_config_changes_and_reports_the_settings(control, emulator):
-    body = {"latency": 0.0, "daily_limit": 50, "push_delay": 0.1, "max_concurrent": 4}
+    body = {
+        "latency": 0.0,
+        "daily_limit": 50,
+        "push_delay": 0.1,
+        "max_concurrent": 4,
+        "per_minute_limit": 30,
+        "window_seconds": 2.5,
+    }
     assert control.post("/_emulator/config", json=body).json() == body
-    assert (emulator.limiter.daily_limit, emulator.ledger.delay, emulator.limiter.max_concurrent) == (
-        50,
-        0.1,
-        4,
-    )
+    limiter = emulator.limiter
+    assert (limiter.daily_limit, emulator.ledger.delay, limiter.max_concurrent) == (50, 0.1, 4)
+    assert (limiter.per_minute_limit, limiter.window_seconds) == (30, 2.5)
+    assert control.post("/_emulator/config", json={}).json() == body
 
 
 def test_unknown_control_route_is_404_listing_the_routes(control):
@@ -258,6 +264,7 @@ def test_stats_count_requests_per_company_operation_and_status(codat, control, e
     }
     assert stats["by_company"] == {first: 2, second: 2}
     assert stats["by_status"] == {"200": 4, "404": 1}
+    assert stats["refused"] == {"quota": 0, "concurrency": 0, "per_minute": 0}
     assert stats["rate_limit"] == {"limit": 4000, "used": 5}
 
 
@@ -274,8 +281,10 @@ def test_request_log_records_each_request_in_order(codat, control, emulator):
             "params": {"pageSize": "3", "query": "status=Active"},
             "operation": "list-customers",
             "company_id": company_id,
+            "client_ip": "127.0.0.1",
             "status": 503,
             "fault": "503",
+            "refused": None,
         },
         {
             "method": "GET",
@@ -283,8 +292,10 @@ def test_request_log_records_each_request_in_order(codat, control, emulator):
             "params": {"page": "2", "pageSize": "3"},
             "operation": "list-customers",
             "company_id": company_id,
+            "client_ip": "127.0.0.1",
             "status": 200,
             "fault": None,
+            "refused": None,
         },
     ]
     assert control.delete("/_emulator/requests").json() == {}

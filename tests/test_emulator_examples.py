@@ -281,6 +281,8 @@ def prepare(emulator, regenerate: bool = True) -> None:
     emulator.latency = 0.0
     emulator.limiter.daily_limit = None
     emulator.limiter.max_concurrent = 10
+    emulator.limiter.per_minute_limit = None
+    emulator.limiter.window_seconds = 60.0
 
 
 @pytest.fixture(scope="module")

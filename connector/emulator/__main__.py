@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import sys
 
+from connector.emulator.limits import DEFAULT_PER_MINUTE_LIMIT, DEFAULT_RATE_WINDOW_SECONDS
 from connector.emulator.push import DEFAULT_PUSH_DELAY
 from connector.emulator.server import DEFAULT_API_KEY, Emulator, EmulatorServer
 from connector.emulator.store import Sizing
@@ -62,22 +63,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=10,
         help="concurrent requests per company before 429 (default: 10)",
     )
+    parser.add_argument(
+        "--per-minute-limit",
+        type=int,
+        default=DEFAULT_PER_MINUTE_LIMIT,
+        help="requests per client IP in any --rate-window before 429; 0 turns it off (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rate-window",
+        type=float,
+        default=DEFAULT_RATE_WINDOW_SECONDS,
+        help="seconds of the rolling window of --per-minute-limit (default: %(default)s)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Start the emulator and serve until Ctrl-C."""
     args = parse_args(argv)
-    for name in ("companies", "customers"):
+    for name in ("companies", "customers", "per_minute_limit"):
         if getattr(args, name) < 0:
-            print(f"--{name} must be 0 or more", file=sys.stderr)
+            print(f"--{name.replace('_', '-')} must be 0 or more", file=sys.stderr)
             return 2
+    if not args.rate_window > 0:
+        print("--rate-window must be more than 0", file=sys.stderr)
+        return 2
     emulator = Emulator(
         Sizing(seed=args.seed, companies=args.companies, customers=args.customers),
         api_key=args.api_key,
         latency=args.latency,
         daily_limit=args.daily_limit,
         push_delay=args.push_delay,
+        per_minute_limit=args.per_minute_limit or None,
+        window_seconds=args.rate_window,
     )
     emulator.limiter.max_concurrent = args.max_concurrent
     try:

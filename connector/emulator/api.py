@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlencode
 
 from connector.emulator.data import attachment_bytes
+from connector.emulator.limits import LOOPBACK
 from connector.emulator.model import STATUS_COMPLETE, STATUS_NEVER_READ, Company, Connection, Json
 from connector.emulator.push_models import load_model, validate_customer
 from connector.emulator.query import QueryError
-from connector.emulator.store import select, utc_stamp
+from connector.emulator.selection import cached_query, select
+from connector.emulator.store import utc_stamp
 
 if TYPE_CHECKING:
     from connector.emulator.server import Emulator
@@ -23,6 +25,7 @@ DEFAULT_PAGE_SIZE = 100
 MAX_QUERY_LENGTH = 2048
 NOT_VALID = "Error processing request - not valid."
 NOT_REQUESTED = "The data set has not been requested."
+T = TypeVar("T")
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Request:
     raw_params: dict[str, str]  # still URL-encoded, for Codat's query length limit
     headers: Mapping[str, str]
     body: bytes = b""
+    client_ip: str = LOOPBACK  # the peer's address, which the per-IP rate limit counts
 
 
 @dataclass
@@ -151,8 +155,8 @@ def page_links(request: Request, page: int, page_size: int, total: int) -> Json:
     return links
 
 
-def window(records: list[Json], page: int, page_size: int) -> list[Json]:
-    """The records on one page."""
+def window(records: Sequence[T], page: int, page_size: int) -> Sequence[T]:
+    """The items on one page."""
     start = (page - 1) * page_size
     return records[start : start + page_size]
 
@@ -273,11 +277,15 @@ def list_customers(api: CodatApi, request: Request, args: list[str]) -> Response
     page, page_size, query, order_by = paging_params(request)
     with api.store.locked():
         company = api.customers_read(args[0])
-        records = list(company.customers.values())
-    selected = select_or_400(records, "customers", query, order_by)
-    with api.store.locked():
-        encoded = [api.store.encoded_customer(company.id, r) for r in window(selected, page, page_size)]
-    return paged(request, encoded, len(selected), page, page_size)
+    try:
+        if query:  # a bad query is reported before a bad orderBy, as `select` does
+            cached_query(query, "customers")
+        view = api.store.view(company, order_by)
+        positions = view.select(query)
+    except QueryError as exc:
+        raise CodatError(400, str(exc), "ClientsApi") from None
+    encoded = [view.encoded[i] for i in window(positions, page, page_size)]
+    return paged(request, encoded, len(positions), page, page_size)
 
 
 @route("GET", "/companies/{}/data/customers/{}", "get-customer")

@@ -74,7 +74,30 @@ def _clear_faults(emulator: Emulator, body: Any) -> Any:
     return {"queued": 0}
 
 
+def _per_minute_limit(value: Any) -> int | None:
+    """A per-IP limit from the control API: a whole number, null or 0 for off."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("per_minute_limit must be a whole number of requests, 0 or null for off")
+    return value or None
+
+
+def _window_seconds(value: Any) -> float:
+    seconds = float(value)
+    if not seconds > 0:
+        raise ValueError("window_seconds must be more than 0")
+    return seconds
+
+
 def _config(emulator: Emulator, body: Any) -> Any:
+    limiter = emulator.limiter
+    per_minute_limit, window_seconds = limiter.per_minute_limit, limiter.window_seconds
+    if "per_minute_limit" in body:
+        per_minute_limit = _per_minute_limit(body["per_minute_limit"])
+    if "window_seconds" in body:
+        window_seconds = _window_seconds(body["window_seconds"])
+    limiter.per_minute_limit, limiter.window_seconds = per_minute_limit, window_seconds
     if "latency" in body:
         emulator.latency = float(body["latency"])
     if "daily_limit" in body:
@@ -88,6 +111,8 @@ def _config(emulator: Emulator, body: Any) -> Any:
         "daily_limit": emulator.limiter.limit,
         "push_delay": emulator.ledger.delay,
         "max_concurrent": emulator.limiter.max_concurrent,
+        "per_minute_limit": limiter.per_minute_limit,
+        "window_seconds": limiter.window_seconds,
     }
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import calendar
-import gc
 import hashlib
 import random
 import time
@@ -31,6 +30,7 @@ from connector.emulator.model import (
     Attachment,
     Company,
     Connection,
+    gc_paused,
 )
 
 __all__ = [
@@ -113,14 +113,8 @@ def generate_account(seed: int, companies: int, customers: int) -> list[Company]
     Returns:
         The companies in index order.
     """
-    # Millions of acyclic dicts: cyclic GC passes over them would cost ~40% of the time.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _generate(random.Random(seed), companies, customers)
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _generate(rng: random.Random, companies: int, customers: int) -> list[Company]:

@@ -1,9 +1,11 @@
-"""Scripted faults and Codat's rate limits (daily quota, 10 concurrent requests per company)."""
+"""Scripted faults and Codat's rate limits: daily quota, concurrency per company, requests per IP."""
 
 from __future__ import annotations
 
+import math
 import threading
-from collections import Counter
+import time
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -23,6 +25,10 @@ ERROR_TEXTS = {
 FAULT_KINDS = (*ERROR_TEXTS, "slow", "reset", "truncate", "invalid_json")
 DEFAULT_DAILY_REQUESTS_PER_COMPANY = 1000
 MAX_CONCURRENT_PER_COMPANY = 10
+DEFAULT_PER_MINUTE_LIMIT = 1000  # Codat's per-IP limit; the command line's default
+DEFAULT_RATE_WINDOW_SECONDS = 60.0
+REFUSALS = ("quota", "per_minute", "concurrency")  # the order in which limits are checked
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass
@@ -97,18 +103,25 @@ def next_midnight(now: datetime) -> datetime:
 
 @dataclass
 class RateLimiter:
-    """Codat's daily quota and per-company concurrency limit.
+    """Codat's three rate limits: the daily quota, per-company concurrency, and per-IP rate.
 
     The daily limit is `daily_limit` when set, otherwise 1,000 × (1 + companies), as Codat
-    computes it from the number of active companies.
+    computes it from the number of active companies. The per-IP limit admits at most
+    `per_minute_limit` requests from one client address in any `window_seconds` (None or 0:
+    off). A refused request uses nothing: no quota, no concurrency slot, no per-IP slot, so a
+    client that waits its `Retry-After` is admitted.
     """
 
     companies: int = 0
     daily_limit: int | None = None
     max_concurrent: int = MAX_CONCURRENT_PER_COMPANY
+    per_minute_limit: int | None = None
+    window_seconds: float = DEFAULT_RATE_WINDOW_SECONDS
     used: int = 0
     day: str = ""
     in_flight: Counter[str] = field(default_factory=Counter)
+    # Client address -> monotonic times of its admitted requests within the window.
+    _admitted: defaultdict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -118,33 +131,66 @@ class RateLimiter:
             return self.daily_limit
         return DEFAULT_DAILY_REQUESTS_PER_COMPANY * (1 + self.companies)
 
-    def admit(self, company_id: str | None) -> tuple[str | None, dict[str, str]]:
-        """Count a request; return a refusal reason (or None) and the rate-limit headers."""
-        now = datetime.now(UTC)
+    def admit(self, company_id: str | None, client_ip: str = LOOPBACK) -> tuple[str | None, dict[str, str]]:
+        """Count a request; return a refusal (one of `REFUSALS`, or None) and the rate-limit headers.
+
+        Args:
+            company_id: The company the request is about, if any (for the concurrency limit).
+            client_ip: The address the request came from (for the per-IP limit).
+
+        Returns:
+            The refusal, checked in the order of `REFUSALS`, and the `X-Rate-Limit-*` headers,
+            with `Retry-After` in seconds when refused.
+        """
+        now, clock = datetime.now(UTC), time.monotonic()
         with self._lock:
             today = now.date().isoformat()
             if today != self.day:
                 self.day, self.used = today, 0
-            refusal = None
-            if self.used >= self.limit:
-                refusal = "quota"
-            elif company_id is not None and self.in_flight[company_id] >= self.max_concurrent:
-                refusal = "concurrency"
-            else:
-                self.used += 1
-                if company_id is not None:
-                    self.in_flight[company_id] += 1
-            reset = next_midnight(now)
+            refusal, retry_after = self._refusal(company_id, client_ip, now, clock)
+            if refusal is None:
+                self._take(company_id, client_ip, clock)
             headers = {
                 "X-Rate-Limit-Limit": str(self.limit),
                 "X-Rate-Limit-Remaining": str(max(self.limit - self.used, 0)),
-                "X-Rate-Limit-Reset": reset.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "X-Rate-Limit-Reset": next_midnight(now).strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
-            if refusal == "quota":
-                headers["Retry-After"] = str(int((reset - now).total_seconds()) + 1)
-            elif refusal == "concurrency":
-                headers["Retry-After"] = "1"
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
         return refusal, headers
+
+    def _refusal(
+        self, company_id: str | None, client_ip: str, now: datetime, clock: float
+    ) -> tuple[str | None, int | None]:
+        """Which limit refuses the request, and the seconds to wait; (None, None) to admit it."""
+        if self.used >= self.limit:
+            return "quota", int((next_midnight(now) - now).total_seconds()) + 1
+        wait = self._per_ip_wait(client_ip, clock)
+        if wait is not None:
+            return "per_minute", wait
+        if company_id is not None and self.in_flight[company_id] >= self.max_concurrent:
+            return "concurrency", 1
+        return None, None
+
+    def _per_ip_wait(self, client_ip: str, clock: float) -> int | None:
+        """Whole seconds (at least 1) until the address has a free slot, or None if it has one."""
+        if not self.per_minute_limit:
+            return None
+        admitted = self._admitted[client_ip]
+        while admitted and admitted[0] <= clock - self.window_seconds:
+            admitted.popleft()
+        excess = len(admitted) - self.per_minute_limit
+        if excess < 0:
+            return None
+        # Once the oldest `excess + 1` requests leave the window, one slot is free.
+        return max(1, math.ceil(admitted[excess] + self.window_seconds - clock))
+
+    def _take(self, company_id: str | None, client_ip: str, clock: float) -> None:
+        self.used += 1
+        if company_id is not None:
+            self.in_flight[company_id] += 1
+        if self.per_minute_limit:
+            self._admitted[client_ip].append(clock)
 
     def release(self, company_id: str | None) -> None:
         """Mark a company's admitted request as finished."""
@@ -156,7 +202,8 @@ class RateLimiter:
                 del self.in_flight[company_id]
 
     def reset(self) -> None:
-        """Forget the day's usage."""
+        """Forget the day's usage, requests in flight and the per-IP windows."""
         with self._lock:
             self.used = 0
             self.in_flight.clear()
+            self._admitted.clear()

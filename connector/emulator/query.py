@@ -33,7 +33,7 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Literal, TypeAlias
 
@@ -95,8 +95,7 @@ _HEAD_RE = re.compile(rf"\s*({_PATH})\s*(!=|>=|<=|=|~|>|<)")
 _VALUE_END_RE = re.compile(r"&&|\|\||\}")
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _INSTANT_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})"
-    r"(?:T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,7}))?(Z|[+-]\d{2}:[0-5]\d)?)?",
+    r"\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}:\d{2}(?:\.\d{1,7})?(?:Z|[+-]\d{2}:[0-5]\d)?)?",
     re.ASCII,
 )
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
@@ -132,24 +131,13 @@ def parse_instant(text: str) -> datetime | None:
     Returns:
         The instant in UTC, or None if `text` is not such a date or falls outside `datetime`.
     """
-    match = _INSTANT_RE.fullmatch(text)
-    if match is None:
+    if _INSTANT_RE.fullmatch(text) is None:
         return None
-    year, month, day, hour, minute, second, fraction, zone = match.groups()
-    try:
-        offset = timedelta() if zone in (None, "Z") else _offset(zone)
-        hours, minutes, seconds = (int(part or 0) for part in (hour, minute, second))
-        micros = int((fraction or "")[:6].ljust(6, "0"))
-        tz = timezone(offset)
-        local = datetime(int(year), int(month), int(day), hours, minutes, seconds, micros, tz)
-        return local.astimezone(UTC)
+    try:  # the pattern admits only forms that fromisoformat reads as above (it truncates too)
+        parsed = datetime.fromisoformat(text)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
     except (ValueError, OverflowError):
         return None
-
-
-def _offset(zone: str) -> timedelta:
-    sign = -1 if zone[0] == "-" else 1
-    return sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
 
 
 # Record dates repeat across requests (the server re-filters the same records every page).
@@ -354,6 +342,66 @@ def compile_query(text: str, schema: Schema, type_name: str) -> Predicate:
     return _compile(_Parser(text).parse(), schema, type_name)
 
 
+_RANGE_OPS = frozenset({"=", ">", ">=", "<", "<="})
+
+
+@dataclass(frozen=True)
+class InstantRange:
+    """The instants a conjunction of comparisons on one datetime field admits; never null.
+
+    A bound of None is open-ended; `low_open` and `high_open` exclude the bound itself.
+    """
+
+    low: datetime | None = None
+    low_open: bool = False
+    high: datetime | None = None
+    high_open: bool = False
+
+    def narrowed(self, op: str, instant: datetime) -> InstantRange:
+        """This range intersected with `field <op> instant`."""
+        low, low_open, high, high_open = self.low, self.low_open, self.high, self.high_open
+        if op in ("=", ">", ">="):
+            is_open = op == ">"
+            if low is None or instant > low or (instant == low and is_open):
+                low, low_open = instant, is_open
+        if op in ("=", "<", "<="):
+            is_open = op == "<"
+            if high is None or instant < high or (instant == high and is_open):
+                high, high_open = instant, is_open
+        return InstantRange(low, low_open, high, high_open)
+
+
+def instant_range(text: str, path: str) -> InstantRange | None:
+    """Read a query that only bounds one datetime field as the range of instants it admits.
+
+    Args:
+        text: A `query=` that `compile_query` accepts for the record type.
+        path: A datetime field of the record type, e.g. `modifiedDate`.
+
+    Returns:
+        The range when `text` is comparisons of `path` by `=`, `>`, `>=`, `<` or `<=` joined by
+        `&&` (braces allowed), else None.
+
+    Raises:
+        QueryError: The query is malformed.
+    """
+    found = InstantRange()
+    for node in _conjuncts(_Parser(text).parse()):
+        if not isinstance(node, _Comparison) or node.path != path or node.op not in _RANGE_OPS:
+            return None
+        instant = parse_instant(node.value)
+        if instant is None:
+            return None
+        found = found.narrowed(node.op, instant)
+    return found
+
+
+def _conjuncts(node: _Node) -> list[_Node]:
+    if isinstance(node, _Junction) and node.op == "&&":
+        return [leaf for item in node.items for leaf in _conjuncts(item)]
+    return [node]
+
+
 def _string_sort_value(value: Any) -> Any:
     return (value.casefold(), value) if isinstance(value, str) else None
 
@@ -365,6 +413,28 @@ _SORT_VALUES: dict[str, Callable[[Any], Any]] = {
     "datetime": _record_instant,
 }
 _NULL_KEY = (0,)
+
+
+def parse_order(order_by: str, schema: Schema, type_name: str) -> tuple[str, FieldType, bool]:
+    """Read a Codat `orderBy=` (`field` or `-field`, spaces around ignored).
+
+    Args:
+        order_by: The decoded `orderBy` parameter.
+        schema: The record type's fields, e.g. `CUSTOMER_SCHEMA`.
+        type_name: The record type as Codat names it in errors, e.g. `Customer`.
+
+    Returns:
+        The field's path, its scalar type, and whether the order is descending.
+
+    Raises:
+        QueryError: The field is not a scalar property of the type, or the text is malformed.
+    """
+    text = order_by.strip()
+    descending = text.startswith("-")
+    path = text[1:] if descending else text
+    if not _PATH_RE.fullmatch(path):
+        raise _malformed()
+    return path, _resolve(schema, path, type_name), descending
 
 
 def compile_order(
@@ -384,12 +454,8 @@ def compile_order(
     Raises:
         QueryError: The field is not a scalar property of the type, or the text is malformed.
     """
-    text = order_by.strip()
-    descending = text.startswith("-")
-    path = text[1:] if descending else text
-    if not _PATH_RE.fullmatch(path):
-        raise _malformed()
-    sort_value = _SORT_VALUES[_resolve(schema, path, type_name)]
+    path, field_type, descending = parse_order(order_by, schema, type_name)
+    sort_value = _SORT_VALUES[field_type]
     get = _getter(path)
 
     def key(record: Mapping[str, Any]) -> Any:

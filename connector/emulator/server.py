@@ -22,7 +22,15 @@ from connector.emulator.api import (
     error_response,
     match_route,
 )
-from connector.emulator.limits import ERROR_TEXTS, Fault, FaultPlan, RateLimiter
+from connector.emulator.limits import (
+    DEFAULT_RATE_WINDOW_SECONDS,
+    ERROR_TEXTS,
+    LOOPBACK,
+    REFUSALS,
+    Fault,
+    FaultPlan,
+    RateLimiter,
+)
 from connector.emulator.model import STATUS_COMPLETE
 from connector.emulator.push import DEFAULT_PUSH_DELAY, PushLedger
 from connector.emulator.store import Mutator, Sizing, Store, utc_stamp
@@ -46,13 +54,20 @@ class Emulator:
         latency: float = 0.0,
         daily_limit: int | None = None,
         push_delay: float = DEFAULT_PUSH_DELAY,
+        per_minute_limit: int | None = None,
+        window_seconds: float = DEFAULT_RATE_WINDOW_SECONDS,
     ) -> None:
         self.store = Store(sizing or Sizing())
         self.api_key = api_key
         self.latency = latency
         self.ledger = PushLedger(delay=push_delay)
         self.faults = FaultPlan()
-        self.limiter = RateLimiter(companies=len(self.store.companies), daily_limit=daily_limit)
+        self.limiter = RateLimiter(
+            companies=len(self.store.companies),
+            daily_limit=daily_limit,
+            per_minute_limit=per_minute_limit,
+            window_seconds=window_seconds,
+        )
         self.mutator = Mutator(self.store)
         self.api = CodatApi(self)
         self.request_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
@@ -117,14 +132,16 @@ class Emulator:
         return applied
 
     def stats(self) -> dict[str, Any]:
-        """Request counts per operation, company and status, and the quota in force."""
+        """Request counts per operation, company, status and refusing limit; the quota in force."""
         with self._log_lock:
             entries = list(self.request_log)
+        refused = Counter(e["refused"] for e in entries if e["refused"])
         return {
             "requests": len(entries),
             "by_operation": dict(Counter(e["operation"] for e in entries)),
             "by_company": dict(Counter(e["company_id"] for e in entries if e["company_id"])),
             "by_status": {str(k): v for k, v in Counter(e["status"] for e in entries).items()},
+            "refused": {limit: refused[limit] for limit in REFUSALS},
             "rate_limit": {"limit": self.limiter.limit, "used": self.limiter.used},
             "mutations": self.mutator.changes,
         }
@@ -142,28 +159,32 @@ class Emulator:
         return hmac.compare_digest(given, self.api_key.encode())
 
     def serve(self, request: Request) -> tuple[Response, Fault | None]:
-        """Answer one Codat request; the fault, if any, tells the transport how to misbehave."""
+        """Answer one Codat request; the fault, if any, tells the transport how to misbehave.
+
+        In turn: authenticate (`401`), admit under the rate limits (`429`), answer (a scripted
+        fault or the route), log.
+        """
         found = match_route(request.method, request.segments)
         operation = found[0] if found else "unknown"
         company_id = (
             request.segments[1] if len(request.segments) > 1 and request.segments[0] == "companies" else None
         )
         fault: Fault | None = None
+        refusal: str | None = None
         if not self.authorized(request.headers.get("Authorization")):
             response = error_response(401, ERROR_TEXTS["401"])
         else:
-            refusal, rate_headers = self.limiter.admit(company_id)
-            try:
-                if refusal is not None:
-                    response = error_response(429, ERROR_TEXTS["429"], headers=rate_headers)
-                else:
+            refusal, rate_headers = self.limiter.admit(company_id, request.client_ip)
+            if refusal is not None:
+                response = error_response(429, ERROR_TEXTS["429"])
+            else:
+                try:
                     fault = self.faults.take(request.path)
                     response = self._answer(request, found, fault)
-            finally:
-                if refusal is None:
+                finally:
                     self.limiter.release(company_id)
             response.headers.update(rate_headers)
-        self._log(request, operation, company_id, response.status, fault)
+        self._log(request, operation, company_id, response.status, fault, refusal)
         return response, fault
 
     def _answer(self, request: Request, found: Any, fault: Fault | None) -> Response:
@@ -207,6 +228,7 @@ class Emulator:
         company_id: str | None,
         status: int,
         fault: Fault | None,
+        refusal: str | None,
     ) -> None:
         entry = {
             "method": request.method,
@@ -214,14 +236,16 @@ class Emulator:
             "params": request.params,
             "operation": operation,
             "company_id": company_id,
+            "client_ip": request.client_ip,
             "status": status,
             "fault": fault.kind if fault else None,
+            "refused": refusal,
         }
         with self._log_lock:
             self.request_log.append(entry)
 
 
-def parse_request(method: str, target: str, headers: Any, body: bytes) -> Request:
+def parse_request(method: str, target: str, headers: Any, body: bytes, client_ip: str = LOOPBACK) -> Request:
     """Split a request target into decoded path segments and query parameters."""
     path, _, query = target.partition("?")
     raw_pairs = parse_qsl(query, keep_blank_values=True)
@@ -238,6 +262,7 @@ def parse_request(method: str, target: str, headers: Any, body: bytes) -> Reques
         raw_params=raw_params,
         headers=headers,
         body=body,
+        client_ip=client_ip,
     )
 
 
@@ -266,7 +291,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        request = parse_request(self.command, self.path, self.headers, body)
+        request = parse_request(self.command, self.path, self.headers, body, self.client_address[0])
         if request.path.startswith(CONTROL_PREFIX):
             from connector.emulator.control import handle_control
 

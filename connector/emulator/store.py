@@ -2,72 +2,30 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
-from typing import Any
 
 from connector.emulator.data import generate_account, new_customer
 from connector.emulator.model import STATUS_COMPLETE, Company, Json
-from connector.emulator.query import (
-    CUSTOMER_SCHEMA,
-    Schema,
-    compile_order,
-    compile_query,
-)
+from connector.emulator.selection import SortedView, build_view
 
 MUTATE_ACTIONS = ("modify", "delete", "add", "restamp")
+MAX_VIEWS = 256
+# From this size on, `reset` collects garbage once itself, so that the collector's first passes
+# over millions of new objects (seconds) do not land on a later request instead.
+COLLECT_AFTER_CUSTOMERS = 20_000
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def utc_stamp(moment: datetime | None = None) -> str:
     """Format a moment the way Codat writes `modifiedDate` (whole seconds, `Z`)."""
     return (moment or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@lru_cache(maxsize=256)
-def cached_query(text: str, schema_name: str) -> Callable[[Mapping[str, Any]], bool]:
-    """Compile a query once per distinct text (clients repeat the same query on every page)."""
-    schema, type_name = SCHEMAS[schema_name]
-    return compile_query(text, schema, type_name)
-
-
-@lru_cache(maxsize=64)
-def cached_order(order_by: str, schema_name: str) -> tuple[Callable[[Mapping[str, Any]], Any], bool]:
-    """Compile an `orderBy` once per distinct text."""
-    schema, type_name = SCHEMAS[schema_name]
-    return compile_order(order_by, schema, type_name)
-
-
-def _schemas() -> dict[str, tuple[Schema, str]]:
-    from connector.emulator.query import COMPANY_SCHEMA, CONNECTION_SCHEMA
-
-    return {
-        "customers": (CUSTOMER_SCHEMA, "Customer"),
-        "companies": (COMPANY_SCHEMA, "Company"),
-        "connections": (CONNECTION_SCHEMA, "Connection"),
-    }
-
-
-SCHEMAS = _schemas()
-
-
-def select(records: list[Json], schema_name: str, query: str | None, order_by: str | None) -> list[Json]:
-    """Filter and order records as Codat does; ties (and no `orderBy`) keep a stable id order."""
-    if query:
-        predicate = cached_query(query, schema_name)
-        records = [r for r in records if predicate(r)]
-    else:
-        records = list(records)
-    records.sort(key=lambda r: str(r.get("id")))
-    if order_by:
-        key, descending = cached_order(order_by, schema_name)
-        records.sort(key=key, reverse=descending)
-    return records
 
 
 @dataclass
@@ -83,14 +41,19 @@ class Sizing:
 class Store:
     """The account the emulator serves, guarded by one lock.
 
-    Each customer's JSON encoding is cached, so a 5000-record page is a join of bytes.
+    Each customer's JSON encoding is cached, and each company's customers are kept sorted per
+    `orderBy` (`SortedView`) until they change, so a 5000-record page is a bisection and a join
+    of bytes. Every write of a customer goes through `put_customer`, which drops both.
     """
 
     sizing: Sizing = field(default_factory=Sizing)
     companies: dict[str, Company] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     platform_changed: set[tuple[str, str]] = field(default_factory=set)
-    _encoded: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    _encoded: dict[tuple[str, str], tuple[Json, bytes]] = field(default_factory=dict)
+    _views: dict[tuple[str, str], tuple[tuple[int, int], SortedView]] = field(default_factory=dict)
+    _versions: dict[str, int] = field(default_factory=dict)  # company id -> changes so far
+    _epoch: int = 0  # resets so far
     _rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
@@ -103,8 +66,13 @@ class Store:
             self.sizing = sizing
             self.companies = {c.id: c for c in account}
             self._encoded.clear()
+            self._views.clear()
+            self._versions.clear()
+            self._epoch += 1
             self.platform_changed.clear()
             self._rng = random.Random(sizing.seed ^ 0x5EED)
+        if sizing.customers >= COLLECT_AFTER_CUSTOMERS:
+            gc.collect()
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -117,18 +85,51 @@ class Store:
         return self.companies.get(company_id)
 
     def encoded_customer(self, company_id: str, record: Json) -> bytes:
-        """The JSON bytes of one customer, cached until it changes."""
+        """The JSON bytes of one customer, cached until it changes.
+
+        Safe without the lock: each entry carries the record it encodes, so an entry written by
+        a thread that raced a change is never served for the new record.
+        """
         cache_key = (company_id, str(record["id"]))
         cached = self._encoded.get(cache_key)
-        if cached is None:
-            cached = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
-            self._encoded[cache_key] = cached
-        return cached
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        encoded = _ENCODER.encode(record).encode()
+        self._encoded[cache_key] = (record, encoded)
+        return encoded
 
     def put_customer(self, company: Company, record: Json) -> None:
-        """Insert or replace a customer and drop its cached encoding."""
-        company.customers[str(record["id"])] = record
-        self._encoded.pop((company.id, str(record["id"])), None)
+        """Insert or replace a customer, dropping its cached encoding and the company's views."""
+        with self.lock:
+            company.customers[str(record["id"])] = record
+            self._encoded.pop((company.id, str(record["id"])), None)
+            self._versions[company.id] = self._versions.get(company.id, 0) + 1
+
+    def view(self, company: Company, order_by: str | None) -> SortedView:
+        """The company's customers sorted by `order_by`, sorted again only after they change.
+
+        Sorting runs outside the lock, on a snapshot; the view is kept only if the company is
+        still the account's and none of its customers changed meanwhile.
+
+        Raises:
+            QueryError: `order_by` is not a valid `orderBy` for customers.
+        """
+        cache_key = (company.id, order_by or "")
+        with self.lock:
+            current = self.companies.get(company.id) is company
+            stamp = (self._epoch, self._versions.get(company.id, 0))
+            cached = self._views.get(cache_key)
+            if current and cached is not None and cached[0] == stamp:
+                return cached[1]
+            records = list(company.customers.values())
+        view = build_view(records, order_by, lambda record: self.encoded_customer(company.id, record))
+        with self.lock:
+            if current and stamp == (self._epoch, self._versions.get(company.id, 0)):
+                self._views.pop(cache_key, None)  # re-inserted last: the oldest view goes first
+                self._views[cache_key] = (stamp, view)
+                while len(self._views) > MAX_VIEWS:
+                    del self._views[next(iter(self._views))]
+        return view
 
     def mark_synced(self, company: Company, stamp: str) -> None:
         """Record a simulated Codat sync of the company's customers at `stamp`."""
