@@ -34,8 +34,8 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP) ## Measure the emulator and the sync; figures go to benchmarks.json
-	$(BIN)/python tests/benchmarks/run.py --out benchmarks.json
+bench: $(STAMP) ## Sync vs dlt rest_api, at scale, emulator, attachments: benchmarks.json, chart, README (BENCH_ARGS="--only scale")
+	$(BIN)/python tests/benchmarks/run.py --out benchmarks.json $(BENCH_ARGS)
 
 emulator: $(STAMP) ## Run the emulator on PORT (default 8787) until Ctrl-C
 	$(BIN)/python -m connector.emulator --port $(PORT) --companies 3 --customers 1000 --seed 7

@@ -1,43 +1,75 @@
-"""Benchmarks of the emulator and of the sync, written as one JSON document.
+"""Benchmarks of the sync, its `rest_api` peer, the emulator and attachments, in one JSON document.
 
-Run with `make bench` (`.venv/bin/python tests/benchmarks/run.py --out benchmarks.json`). Each
-benchmark is a function registered with `@benchmark("name")`: it gets a `Context` and returns a dict
-of figures, stored under its name next to `machine` and `date`. Add a benchmark by writing one more
-such function; `Context.emulator()` gives it a running emulator of any size.
+Run with `make bench` (`.venv/bin/python tests/benchmarks/run.py --out benchmarks.json`); `--quick`
+for a smoke run at small sizes, `--only NAME` (repeatable) for some of them. Each benchmark is a
+function registered with `@benchmark("name")`: it gets a `Context` and returns a dict of figures,
+stored under its name next to `machine` and `date`. Every load runs in a fresh process (see
+`sync_bench.py`) against an emulator in another process. At the end the figures are set against
+their targets (`report.py`): a table on stdout, the chart, and the README's bench section.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import gc
+import importlib
+import inspect
 import json
 import os
 import platform
-import re
-import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import requests
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script: `tests.benchmarks` must be importable
+    sys.path.insert(0, str(ROOT))
 
-from connector.emulator.server import Emulator, EmulatorServer
-from connector.emulator.store import Sizing
+from tests.benchmarks import report  # noqa: E402
+from tests.benchmarks.harness import (  # noqa: E402
+    EmulatorHandle,
+    Figures,
+    count_changed,
+    count_customers,
+    fresh_workdir,
+    median,
+    run_child,
+    running_emulator,
+)
+from tests.benchmarks.page_bench import bench_pages  # noqa: E402
 
-API_KEY = "bench-key"
-DEFAULT_CUSTOMERS = 50_000
-DEFAULT_SECONDS = 10.0  # time budget of each benchmark's measured loop
-PAGE_SIZE = 5000
-SYNC_CUSTOMERS = 20_000
-SINCE = "2019-01-01T00:00:00Z"  # earlier than every generated modifiedDate: every customer matches
+ENGINES = ("ours", "peer")
+COMPANY_COLUMN = {"ours": "company_id", "peer": "_companies_id"}
+CHANGED_SHARE = 0.01
+DEFAULT_ROUNDS = 2
+DEFAULT_SECONDS = 10.0
 
-Figures = dict[str, Any]
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many customers (and companies) each benchmark loads."""
+
+    compare_companies: int = 5
+    compare_customers: int = 20_000
+    curve_ours: tuple[int, ...] = (5_000,)
+    curve_peer: tuple[int, ...] = (5_000, 10_000)
+    scale_companies: int = 200
+    scale_customers: tuple[int, int] = (50_000, 500_000)
+    page_customers: int = 500_000
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    compare_customers=1_000,
+    curve_ours=(250,),
+    curve_peer=(250, 500),
+    scale_companies=20,
+    scale_customers=(2_000, 6_000),
+    page_customers=20_000,
+)
 BENCHMARKS: list[tuple[str, Callable[[Context], Figures]]] = []
 
 
@@ -53,161 +85,276 @@ def benchmark(name: str) -> Callable[[Callable[[Context], Figures]], Callable[[C
 
 @dataclass
 class Context:
-    """What benchmarks share: the command line settings and emulators started on demand."""
+    """What benchmarks share: sizes, rounds, the emulator walk's time budget."""
 
-    customers: int
+    sizes: Sizes
+    rounds: int
     seconds: float
-    stack: ExitStack
-    _servers: dict[tuple[int, int, int], EmulatorServer] = field(default_factory=dict)
-
-    def emulator(self, sizing: Sizing) -> EmulatorServer:
-        """A running in-process emulator of this size (started once, stopped at exit)."""
-        key = (sizing.seed, sizing.companies, sizing.customers)
-        if key not in self._servers:
-            server = EmulatorServer(Emulator(sizing, api_key=API_KEY)).start()
-            self.stack.callback(server.stop)
-            self._servers[key] = server
-        return self._servers[key]
-
-    @staticmethod
-    def session() -> requests.Session:
-        """A keep-alive session that authenticates as the benchmarks' emulators expect."""
-        session = requests.Session()
-        session.headers["Authorization"] = "Basic " + base64.b64encode(API_KEY.encode()).decode()
-        return session
+    quick: bool
 
 
-def fetch_pages(session: requests.Session, url: str) -> list[tuple[float, bytes]]:
-    """Every page of an incremental read: the transfer time and the raw body of each.
+def say(message: str) -> None:
+    """Progress on stderr, so stdout keeps the final table."""
+    print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
-    Only the transfer is timed: the page count comes from `totalResults` in the first body's tail.
-    """
-    pages: list[tuple[float, bytes]] = []
-    params: dict[str, str | int] = {
-        "pageSize": PAGE_SIZE,
-        "orderBy": "modifiedDate",
-        "query": f"modifiedDate>={SINCE}",
+
+def load_once(engine: str, emulator: EmulatorHandle, workdir: Path) -> Figures:
+    """One load in a fresh process into `workdir`'s DuckDB file; rows and requests counted outside it."""
+    database = workdir / "bench.duckdb"
+    emulator.clear_requests()
+    args = [engine, "--base-url", emulator.url, "--duckdb", str(database)]
+    child = run_child(
+        "tests.benchmarks.sync_bench", [*args, "--pipelines-dir", str(workdir / "pipelines")], workdir
+    )
+    extra = {k: v for k, v in child.figures.items() if k not in ("engine", "seconds")}
+    return {
+        "seconds": child.figures["seconds"],
+        "process_seconds": child.process_seconds,
+        "peak_rss_mib": child.peak_rss_mib,
+        "requests": emulator.requests_served(),
+        "rows": count_customers(database, COMPANY_COLUMN[engine]),
+        **extra,
     }
-    total = PAGE_SIZE
-    while len(pages) * PAGE_SIZE < total:
-        started = time.perf_counter()
-        response = session.get(url, params={**params, "page": len(pages) + 1})
-        body = response.content
-        elapsed = time.perf_counter() - started
-        response.raise_for_status()
-        if not pages:
-            total = int(re.findall(rb'"totalResults":\s*(\d+)', body[-4096:])[-1])
-        pages.append((elapsed, body))
-    return pages
+
+
+def fresh_load(engine: str, companies: int, customers: int) -> Figures:
+    """A full load by `engine` from a fresh emulator into a fresh DuckDB file and pipelines dir."""
+    say(f"{engine}: full load of {customers:,} customers in {companies} companies")
+    with running_emulator(companies, customers) as emulator, fresh_workdir(engine) as workdir:
+        figures = load_once(engine, emulator, workdir)
+        figures["expected"] = sum(emulator.readable_customers().values())
+        figures["emulator_ready_s"] = emulator.ready_seconds
+    say(f"{engine}: {figures['seconds']} s, {figures['peak_rss_mib']} MiB, {figures['rows']:,} rows")
+    return figures
+
+
+@benchmark("comparison")
+def peer_comparison(context: Context) -> Figures:
+    """Ours against dlt's `rest_api` peer, full loads alternating ours/peer, medians of the rounds."""
+    companies, customers = context.sizes.compare_companies, context.sizes.compare_customers
+    runs: dict[str, list[Figures]] = {engine: [] for engine in ENGINES}
+    for _ in range(context.rounds):
+        for engine in ENGINES:
+            runs[engine].append(fresh_load(engine, companies, customers))
+    figures: Figures = {"customers": customers, "companies": companies, "rounds": context.rounds}
+    for engine, done in runs.items():
+        figures[engine] = {
+            "seconds": median([r["seconds"] for r in done]),
+            "process_seconds": median([r["process_seconds"] for r in done]),
+            "peak_rss_mib": median([r["peak_rss_mib"] for r in done]),
+            "requests": done[-1]["requests"],
+            "rows": done[-1]["rows"],
+            "runs": done,
+        }
+    loaded = {r["rows"] for done in runs.values() for r in done} | {runs["ours"][0]["expected"]}
+    figures["rows_equal"] = len(loaded) == 1
+    figures["speedup"] = round(figures["peer"]["seconds"] / figures["ours"]["seconds"], 2)
+    return figures
+
+
+@benchmark("curve")
+def size_curve(context: Context) -> Figures:
+    """More full loads at other sizes, one run each, for the chart (the peer cannot do 500,000)."""
+    points = []
+    for engine, sizes in (("ours", context.sizes.curve_ours), ("peer", context.sizes.curve_peer)):
+        for customers in sizes:
+            figures = fresh_load(engine, context.sizes.compare_companies, customers)
+            points.append(
+                {"engine": engine, "customers": customers, "companies": context.sizes.compare_companies}
+                | {k: figures[k] for k in ("seconds", "peak_rss_mib", "rows", "requests")}
+            )
+    return {"points": points}
+
+
+def spread(customers: dict[str, int], share: float) -> dict[str, int]:
+    """How many customers to change per company: `share` of all (at least one), in proportion to size."""
+    total = max(1, round(sum(customers.values()) * share))
+    wanted = {company: count * total / sum(customers.values()) for company, count in customers.items()}
+    picked = {company: int(value) for company, value in wanted.items()}
+    by_remainder = sorted(wanted, key=lambda company: picked[company] - wanted[company])
+    for company in by_remainder[: total - sum(picked.values())]:
+        picked[company] += 1
+    return {company: count for company, count in picked.items() if count}
+
+
+def scale_run(companies: int, customers: int) -> Figures:
+    """A full load, then an incremental run after 1% of the customers changed; both checked exactly."""
+    say(f"scale: emulator with {customers:,} customers in {companies} companies")
+    with running_emulator(companies, customers) as emulator, fresh_workdir("scale") as workdir:
+        readable = emulator.readable_customers()
+        expected = sum(readable.values())
+        say(f"scale: ready in {emulator.ready_seconds} s; full load of {expected:,} readable customers")
+        full = load_once("ours", emulator, workdir)
+        full |= {"expected": expected, "exact": full["rows"] == expected}
+        say(f"scale: full load {full['seconds']} s, {full['peak_rss_mib']} MiB, exact: {full['exact']}")
+        since = datetime.now(UTC).replace(microsecond=0)
+        changed: dict[str, list[str]] = {}
+        for company, count in spread(readable, CHANGED_SHARE).items():
+            body = {"action": "modify", "company_id": company, "count": count}
+            changed |= emulator.control("POST", "mutate", body)["changed"]
+        incremental = load_once("ours", emulator, workdir)
+        found = count_changed(workdir / "bench.duckdb", changed, since)
+        total_changed = sum(len(ids) for ids in changed.values())
+        incremental |= {
+            "changed": total_changed,
+            "changed_found": found,
+            "all_changed_found": found == total_changed,
+            "expected": expected,
+            "exact": incremental["rows"] == expected,
+        }
+        say(f"scale: incremental {incremental['seconds']} s, {incremental['requests']} requests")
+        return {
+            "customers": customers,
+            "companies": companies,
+            "emulator_ready_s": emulator.ready_seconds,
+            "full": full,
+            "incremental": incremental,
+        }
+
+
+@benchmark("scale")
+def scale(context: Context) -> Figures:
+    """Ours only, at two sizes: time, peak memory, exactness, incremental; memory flatness."""
+    small, large = context.sizes.scale_customers
+    figures: Figures = {
+        "small": scale_run(context.sizes.scale_companies, small),
+        "large": scale_run(context.sizes.scale_companies, large),
+    }
+    peaks = [figures[role]["full"]["peak_rss_mib"] for role in ("large", "small")]
+    figures["flatness"] = round(peaks[0] / peaks[1], 3)
+    return figures
 
 
 @benchmark("emulator")
-def emulator_serving(context: Context) -> Figures:
-    """Serve 5000-customer incremental pages over keep-alive; parse them apart from the transfer."""
-    started = time.perf_counter()
-    server = context.emulator(Sizing(seed=7, companies=1, customers=context.customers))
-    generated = time.perf_counter() - started
-    company_id = next(iter(server.emulator.store.companies))
-    url = f"{server.url}/companies/{company_id}/data/customers"
-    with context.session() as session:
-        first = fetch_pages(session, url)  # warm-up: compiles the query, encodes every customer
-        # The emulator's millions of long-lived objects share this process with the client:
-        # freezing them keeps full garbage collections from charging their traversal to either side.
-        gc.collect()
-        gc.freeze()
-        rounds, serve_times = 0, []
-        deadline = time.perf_counter() + context.seconds
-        while time.perf_counter() < deadline or rounds == 0:
-            serve_times += [elapsed for elapsed, _ in fetch_pages(session, url)]
-            rounds += 1
-    bodies = [body for _, body in first]
-    parse_times, customers = [], 0
-    for body in bodies:
-        started = time.perf_counter()
-        parsed = json.loads(body)
-        parse_times.append(time.perf_counter() - started)
-        customers += len(parsed["results"])
-    serve_total, parse_total = sum(serve_times), sum(parse_times)
-    serve_per_page, parse_per_page = serve_total / len(serve_times), parse_total / len(parse_times)
-    page_bytes = sum(len(b) for b in bodies) / len(bodies)
-    return {
-        "customers": customers,
-        "generate_s": round(generated, 3),
-        "page_size": PAGE_SIZE,
-        "pages_per_read": len(bodies),
-        "rounds": rounds,
-        "requests": len(serve_times),
-        "requests_per_s": round(len(serve_times) / serve_total, 2),
-        "customers_per_s": round(customers * rounds / serve_total),
-        "mb_per_s": round(page_bytes * len(serve_times) / serve_total / 1e6, 2),
-        "bytes_per_customer": round(sum(len(b) for b in bodies) / customers),
-        "serve_s_per_page": round(serve_per_page, 4),
-        "parse_s_per_page": round(parse_per_page, 4),
-        "parse_customers_per_s": round(customers / parse_total),
-        "serve_to_parse_ratio": round(serve_per_page / parse_per_page, 2),
-    }
+def emulator_pages(context: Context) -> Figures:
+    """The emulator's time per 5000-customer seek page, walking one large company."""
+    say(f"emulator: {context.sizes.page_customers:,} customers in one company")
+    with running_emulator(1, context.sizes.page_customers) as emulator, emulator.session() as session:
+        company = emulator.account()[0]
+        url = f"{emulator.url}/companies/{company['id']}/data/customers"
+        figures = bench_pages(session, url, company["customers"], context.seconds)
+    say(f"emulator: {figures['s_per_page']} s per page")
+    return {"generate_s": emulator.ready_seconds, **figures}
 
 
-@benchmark("sync")
-def sync_full_and_rerun(context: Context) -> Figures:
-    """A full load of one company into DuckDB and an unchanged rerun, in a fresh process.
-
-    Its own process, so `peak_rss_mib` is the sync's alone (the emulator runs in another).
-    """
-    repo = Path(__file__).resolve().parents[2]
-    command = [sys.executable, "-m", "tests.benchmarks.sync_bench", str(SYNC_CUSTOMERS)]
-    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, check=True, timeout=600)
-    figures: Figures = json.loads(done.stdout.strip().splitlines()[-1])
-    return figures
+@benchmark("attachments")
+def attachment_throughput(context: Context) -> Figures:
+    """`attachment_bench.bench_attachments()`, when that module is there."""
+    try:
+        module = importlib.import_module("tests.benchmarks.attachment_bench")
+    except ModuleNotFoundError as exc:
+        if exc.name != "tests.benchmarks.attachment_bench":
+            raise
+        return {"skipped": "attachment_bench not available"}
+    function = module.bench_attachments
+    options = {"quick": context.quick} if "quick" in inspect.signature(function).parameters else {}
+    say("attachments")
+    return dict(function(**options))
 
 
 def machine() -> Figures:
     """Where the figures were measured."""
+    cpu = platform.processor() or platform.machine()
+    memory = 0.0
+    if Path("/proc/cpuinfo").exists():
+        names = [
+            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")
+        ]
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
     return {
+        "cpu": cpu,
         "cpu_count": os.cpu_count(),
+        "memory_gib": round(memory, 1),
         "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
         "system": f"{platform.system()} {platform.release()} {platform.machine()}",
     }
 
 
-def print_table(results: dict[str, Figures]) -> None:
-    """A short table of every benchmark's figures."""
-    rows = [(name, key, value) for name, figures in results.items() for key, value in figures.items()]
-    width = max(len(name) for name, _, _ in rows)
-    key_width = max(len(key) for _, key, _ in rows)
-    print(f"{'benchmark':<{width}}  {'figure':<{key_width}}  value")
-    for name, key, value in rows:
-        print(f"{name:<{width}}  {key:<{key_width}}  {value}")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; `--quick` changes the sizes and the defaults of `--chart`/`--readme`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks.json"), help="JSON file to write")
-    parser.add_argument("--customers", type=int, default=DEFAULT_CUSTOMERS, help="customers in the company")
-    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="measuring time per benchmark")
     names = [name for name, _ in BENCHMARKS]
-    parser.add_argument("--only", choices=names, action="append", help="run only these benchmarks")
+    parser.add_argument("--only", choices=names, action="append", help="run only this benchmark (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of the harness")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="ours/peer rounds (default 2)")
+    parser.add_argument("--seconds", type=float, help="emulator walks after the first (default 10, quick 1)")
+    parser.add_argument(
+        "--chart", type=Path, help="chart PNG (default docs/benchmarks.png; quick: beside --out)"
+    )
+    parser.add_argument("--readme", type=Path, help="README to update (default README.md; quick: none)")
+    parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
     args = parser.parse_args(argv)
-    if args.customers < PAGE_SIZE or args.seconds <= 0:
-        parser.error(f"--customers must be at least {PAGE_SIZE} and --seconds positive")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.seconds is None:
+        args.seconds = 1.0 if args.quick else DEFAULT_SECONDS
+    if args.chart is None:
+        args.chart = args.out.with_suffix(".png") if args.quick else ROOT / report.CHART_LINK
+    if args.readme is None and not args.quick:
+        args.readme = ROOT / "README.md"
+    if args.no_readme:
+        args.readme = None
     return args
 
 
+def previous_results(out: Path, quick: bool) -> Figures:
+    """The benchmarks of an earlier run of the same kind, which a partial (`--only`) run keeps."""
+    if not out.exists():
+        return {}
+    try:
+        document = json.loads(out.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+    if document.get("quick", False) != quick:
+        return {}
+    return {name: document[name] for name, _ in BENCHMARKS if name in document}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmarks, print a table and write the JSON document."""
+    """Run the benchmarks, write the JSON document, the chart and the README section."""
     args = parse_args(argv)
-    results: dict[str, Figures] = {}
-    with ExitStack() as stack:
-        context = Context(customers=args.customers, seconds=args.seconds, stack=stack)
-        for name, function in BENCHMARKS:
-            if args.only is None or name in args.only:
-                results[name] = function(context)
-    print_table(results)
-    document = {**results, "machine": machine(), "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    context = Context(
+        sizes=QUICK if args.quick else FULL, rounds=args.rounds, seconds=args.seconds, quick=args.quick
+    )
+    results = previous_results(args.out, args.quick) if args.only else {}
+    failed = []
+    started = time.perf_counter()
+    for name, function in BENCHMARKS:
+        if args.only is not None and name not in args.only:
+            continue
+        begun = time.perf_counter()
+        try:
+            figures = function(context)
+            results[name] = figures | {
+                "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "took_s": round(time.perf_counter() - begun, 1),
+            }
+        except Exception as exc:  # noqa: BLE001 - one failed benchmark must not lose the others' figures
+            traceback.print_exc()
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            failed.append(name)
+        say(f"{name} took {time.perf_counter() - begun:.1f} s")
+    document: Figures = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": machine(),
+        "total_s": round(time.perf_counter() - started, 1),
+        **{name: results[name] for name, _ in BENCHMARKS if name in results},
+    }
+    table = report.rows(document)
+    document["targets"] = [row.as_json() for row in table if row.op]
     args.out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    for row in table:
+        print(f"{row.figure:<100} {row.shown():>14}  {row.target:<20} {row.verdict}")
     print(f"wrote {args.out}")
-    return 0
+    if report.draw_chart(document, args.chart):
+        print(f"wrote {args.chart}")
+    if args.readme is not None and report.rewrite_readme(args.readme, report.markdown(document, table)):
+        print(f"updated {args.readme}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
