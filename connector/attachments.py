@@ -1,107 +1,376 @@
-"""Attachment metadata of changed customers: parallel per company, within a request budget."""
+"""Attachment metadata of changed customers: many companies at once, within Codat's limits.
+
+Listings run on a shared pool of threads, at most `concurrency` per company, every request
+paced by the client. Each page of customers becomes a `Batch` whose rows a deferred dlt
+item collects, so the extract goes on reading customers while listings run. What a run
+cannot list (request budget, daily quota, failures) is left as watermark spans
+(`connector.watermarks`) that the next run lists first.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import dlt
+
 from connector.client import CodatApiError, CodatClient
 from connector.files import FileStore
-from connector.records import map_attachment
+from connector.pacing import (
+    DEFAULT_IN_FLIGHT_PER_COMPANY,
+    DEFAULT_QUOTA_RESERVE,
+    MAX_IN_FLIGHT_PER_COMPANY,
+    CompanyQueue,
+)
+from connector.paging import DEFAULT_PAGE_SIZE, ModifiedDateSeekPaginator, RepeatedPageError
+from connector.records import map_attachment, parse_codat_datetime
 from connector.status import RunLedger
+from connector.watermarks import (
+    LEGACY_STATE_KEY,
+    STATE_KEY,
+    Key,
+    Span,
+    Stream,
+    customer_key,
+    merge_spans,
+)
 
 logger = logging.getLogger(__name__)
 Json = dict[str, Any]
-Task = tuple[str, str]  # (connection id, customer id)
+Collector = Callable[[], list[Json] | None]
 
-MAX_CONCURRENCY = 10  # Codat answers 429 past 10 concurrent requests for one company
-DEFAULT_CONCURRENCY = 8
+MAX_WORKERS = 32  # threads listing for all companies together
 # Final answers: the listing will not succeed by asking again.
 FINAL_STATUSES = frozenset({400, 401, 402, 403, 404, 409})
 
 
-@dataclass
-class AttachmentSync:
-    """Lists attachments for customers, deferring what the run's budget cannot afford.
+@dataclass(frozen=True)
+class Task:
+    """One customer's listing on each of its company's accounting connections."""
 
-    `backlog` (the source state's) maps company id to tasks left over by earlier runs;
-    they are listed before any new task may spend the budget.
+    company_id: str
+    customer_id: str
+    connections: tuple[str, ...]
+    key: Key | None  # None for a task of the previous version's backlog
+    stream: Stream | None
+    backlog: bool  # left by an earlier run: first call on the request budget
+
+
+class Batch:
+    """The rows of one page of tasks, complete once each task is listed or deferred."""
+
+    def __init__(self, size: int) -> None:
+        self.rows: list[Json] = []
+        self._left = size
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        if size == 0:
+            self._done.set()
+
+    def add(self, rows: list[Json], error: BaseException | None = None) -> None:
+        """One task's rows (or the bug that ended it)."""
+        with self._lock:
+            self.rows.extend(rows)
+            self._error = self._error or error
+            self._left -= 1
+            if self._left == 0:
+                self._done.set()
+
+    def wait(self) -> list[Json]:
+        """Every task's rows, once all are done; a bug in a task is raised here, in dlt's thread."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self.rows
+
+
+@dlt.defer
+def collect(batch: Batch) -> list[Json] | None:
+    """A dlt deferred item: the batch's rows, evaluated in dlt's extract thread pool."""
+    return batch.wait() or None
+
+
+class AttachmentSync:
+    """Lists attachments for customers, deferring what the run cannot afford to the state.
+
+    Args:
+        client: The Codat client (paced; its request counter is the budget's measure).
+        ledger: Each company's outcome in this run.
+        connections: Company id to its accounting connection ids.
+        state: The source state: spans left by earlier runs are read and rewritten in it.
+        page_size: Customers per page when paging a span.
+        concurrency: Listings in flight per company, 1 to 10.
+        budget: Requests this run may spend; listings beyond it are deferred.
+        quota_reserve: Listings stop when the daily quota has this many requests left.
+        files: Where to download attachment files, if at all.
     """
 
-    client: CodatClient
-    ledger: RunLedger
-    connections: Callable[[str], list[str]]  # company id -> accounting connection ids
-    backlog: dict[str, list[list[str]]]
-    concurrency: int = DEFAULT_CONCURRENCY
-    budget: int | None = None
-    files: FileStore | None = None
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+    def __init__(
+        self,
+        client: CodatClient,
+        ledger: RunLedger,
+        connections: Callable[[str], list[str]],
+        state: dict[str, Any],
+        page_size: int = DEFAULT_PAGE_SIZE,
+        concurrency: int = DEFAULT_IN_FLIGHT_PER_COMPANY,
+        budget: int | None = None,
+        quota_reserve: int = DEFAULT_QUOTA_RESERVE,
+        files: FileStore | None = None,
+    ) -> None:
+        if not 1 <= concurrency <= MAX_IN_FLIGHT_PER_COMPANY:
             raise ValueError(
-                f"attachment_concurrency must be between 1 and {MAX_CONCURRENCY} "
-                f"(Codat refuses more concurrent requests per company); got {self.concurrency}"
+                f"attachment_concurrency must be between 1 and {MAX_IN_FLIGHT_PER_COMPANY} "
+                f"(Codat refuses more concurrent requests per company); got {concurrency}"
             )
-        self._reserved = sum(len(tasks) for tasks in self.backlog.values())
+        self.client = client
+        self.ledger = ledger
+        self.connections = connections
+        self.page_size = page_size
+        self.budget = budget
+        self.quota_reserve = quota_reserve
+        self.files = files
+        self._state = state
+        self._spans: dict[str, Any] = state.setdefault(STATE_KEY, {})
+        self._old: dict[str, list[Stream]] = {
+            company_id: [Stream(span) for span in map(Span.from_state, spans or []) if span]
+            for company_id, spans in self._spans.items()
+        }
+        self._new: dict[str, Stream] = {}
+        self._reserved = sum(s.source.listings for ss in self._old.values() for s in ss if s.source)
+        self._reserved += sum(len(pairs) for pairs in (state.get(LEGACY_STATE_KEY) or {}).values())
+        self._in_flight = 0  # requests of started listings not yet counted by the client
+        self._stopped: str | None = None
+        self._lock = threading.RLock()
+        self._queue = CompanyQueue(MAX_WORKERS, concurrency)
+
+    @property
+    def stopped(self) -> str | None:
+        """Why no more listings start in this run, if they do not."""
+        return self._stopped
+
+    # -- the two entry points: this run's changed customers, and what earlier runs left ----
 
     def for_customers(
         self, company_id: str, customers: Sequence[tuple[datetime | None, str]]
-    ) -> Iterator[list[Json]]:
+    ) -> Iterator[Collector]:
         """Attachments of one company's customers on one page, given as (modifiedDate, id)."""
-        connections = self.connections(company_id)
-        tasks = [(conn, customer_id) for _, customer_id in customers for conn in connections]
-        yield from self._list(company_id, tasks, reserved=self._reserved)
+        connections = tuple(self.connections(company_id))
+        if not connections or not customers:
+            return
+        with self._lock:
+            stream = self._new.setdefault(company_id, Stream())
+        tasks = [
+            Task(company_id, str(cid), connections, customer_key(modified, str(cid)), stream, False)
+            for modified, cid in customers
+        ]
+        yield collect(self._submit(company_id, tasks))
 
-    def backlog_pages(self) -> Iterator[list[Json]]:
-        """Attachments left undone by earlier runs, listed first."""
-        for company_id in list(self.backlog):
-            tasks = [(conn, cust) for conn, cust in self.backlog.pop(company_id)]
-            self._reserved -= len(tasks)
-            yield from self._list(company_id, tasks, reserved=0)
+    def backlog_pages(self) -> Iterator[Collector]:
+        """Attachments left undone by earlier runs: the old version's tasks, then the spans."""
+        legacy: dict[str, list[list[str]]] = self._state.pop(LEGACY_STATE_KEY, None) or {}
+        for company_id, pairs in legacy.items():
+            by_customer: dict[str, list[str]] = defaultdict(list)
+            for connection_id, customer_id in pairs:
+                by_customer[customer_id].append(connection_id)
+            tasks = [Task(company_id, c, tuple(conns), None, None, True) for c, conns in by_customer.items()]
+            yield collect(self._submit(company_id, tasks))
+        for company_id, streams in self._old.items():
+            for stream in streams:
+                if self._stopped:
+                    self._report_all()
+                    return
+                yield from self._read_span(company_id, stream)
 
-    def _affordable(self, count: int, reserved: int) -> int:
-        if self.budget is None:
-            return count
-        return max(0, min(count, self.budget - self.client.requests.total - reserved))
+    # -- spans -----------------------------------------------------------------------------
 
-    def _defer(self, company_id: str, tasks: list[Task]) -> None:
-        if tasks:
-            self.backlog.setdefault(company_id, []).extend([list(t) for t in tasks])
-            self.ledger.company(company_id).attachments_deferred += len(tasks)
-
-    def _list(self, company_id: str, tasks: list[Task], reserved: int) -> Iterator[list[Json]]:
-        run = self.ledger.company(company_id)
-        allowed = self._affordable(len(tasks), reserved)
-        self._defer(company_id, tasks[allowed:])
-        rows: list[Json] = []
-        retry_later: list[Task] = []
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            results = pool.map(lambda task: self._one(company_id, task), tasks[:allowed])
-            for task, outcome in zip(tasks[:allowed], results, strict=True):
-                if isinstance(outcome, CodatApiError):
-                    if outcome.status in FINAL_STATUSES:
-                        run.fail(outcome)
-                    else:
-                        retry_later.append(task)
-                    continue
-                rows.extend(outcome)
-        self._defer(company_id, retry_later)
-        run.attachments_loaded += len(rows)
-        if rows:
-            yield rows
-
-    def _one(self, company_id: str, task: Task) -> list[Json] | CodatApiError:
-        connection_id, customer_id = task
+    def _read_span(self, company_id: str, stream: Stream) -> Iterator[Collector]:
+        span = stream.source
+        connections = tuple(self.connections(company_id))
+        if span is None or not connections:  # not a company of this run: its span waits
+            return
+        since, until = span.dates()
+        paginator = ModifiedDateSeekPaginator(self.page_size, since=since, until=until)
+        seen: set[Key] = set()  # customers at the seek bound, which the next page repeats
         try:
-            found = self.client.list_customer_attachments(company_id, connection_id, customer_id)
-            rows = [map_attachment(a, company_id, connection_id, customer_id) for a in found]
-            if self.files is not None:
-                rows = [self.files.fetch(self.client, row, self.ledger) for row in rows]
-            return rows
+            for page in self.client.list_customers(company_id, paginator):
+                records = page.get("results") or []
+                tasks = []
+                for record in records:
+                    modified = parse_codat_datetime(record.get("modifiedDate"))
+                    key = customer_key(modified, str(record.get("id")))
+                    if key in seen or not span.covers(key):
+                        continue
+                    seen.add(key)
+                    tasks.append(Task(company_id, key[1], connections, key, stream, True))
+                if records:
+                    bound = customer_key(parse_codat_datetime(records[-1].get("modifiedDate")), "")
+                    seen = {k for k in seen if k[0] == bound[0]}
+                    with self._lock:
+                        stream.advance(bound, len(tasks))
+                        self._save(company_id)
+                if tasks:
+                    yield collect(self._submit(company_id, tasks))
+                if self._stopped:
+                    return
         except CodatApiError as exc:
-            logger.warning("Attachments of customer %r failed: %s", customer_id, exc)
-            return exc
+            self._span_failed(company_id, stream, exc)
+            return
+        except (RepeatedPageError, ValueError) as exc:
+            self._note(company_id, f"attachments left for the next run: {exc}")
+            return
+        with self._lock:
+            stream.finish()
+            self._save(company_id)
+
+    def _span_failed(self, company_id: str, stream: Stream, exc: CodatApiError) -> None:
+        logger.warning("Customers left by an earlier run of company %s: %s", company_id, exc)
+        if self.client.quota_spent(exc):
+            self._stop(f"daily quota spent (Retry-After {exc.retry_after:.0f} s)")
+        elif exc.status in (403, 404):  # the company is gone: nothing left to list
+            with self._lock:
+                stream.source, stream.unread = None, None
+                self._save(company_id)
+            self._note(company_id, f"attachments left by an earlier run dropped: {exc}")
+            return
+        self._note(company_id, f"attachments left for the next run: {exc}")
+
+    # -- running tasks ---------------------------------------------------------------------
+
+    def _submit(self, company_id: str, tasks: list[Task]) -> Batch:
+        batch = Batch(len(tasks))
+        if self._stopped:  # nothing will start: no thread needed to say so
+            for task in tasks:
+                self._defer(task, self._stopped)
+                batch.add([])
+            return batch
+        self._queue.put(company_id, [self._job(task, batch) for task in tasks])
+        return batch
+
+    def _job(self, task: Task, batch: Batch) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                batch.add(self._run(task))
+            except Exception as exc:  # noqa: BLE001 - a bug: raised by the collector, not lost
+                batch.add([], exc)
+
+        return run
+
+    def _run(self, task: Task) -> list[Json]:
+        reason = self._admit(task)
+        if reason is not None:
+            self._defer(task, reason)
+            return []
+        rows: list[Json] = []
+        try:
+            for connection_id in task.connections:
+                found = self.client.list_customer_attachments(
+                    task.company_id, connection_id, task.customer_id
+                )
+                mapped = [map_attachment(a, task.company_id, connection_id, task.customer_id) for a in found]
+                if self.files is not None:
+                    mapped = [self.files.fetch(self.client, row, self.ledger) for row in mapped]
+                rows.extend(mapped)
+        except CodatApiError as exc:
+            self._failed(task, exc)
+        else:
+            self._done(task, rows)
+        finally:
+            with self._lock:
+                self._in_flight -= len(task.connections)
+        return rows
+
+    def _admit(self, task: Task) -> str | None:
+        """Why the task may not start now (it is then deferred), or None and it is counted."""
+        cost = len(task.connections)
+        with self._lock:
+            if self._stopped:
+                return self._stopped
+            remaining = self.client.pacer.quota.remaining
+            if remaining is not None and remaining - self._in_flight - cost < self.quota_reserve:
+                return self._stop(
+                    f"daily quota nearly spent ({remaining} requests left, "
+                    f"{self.quota_reserve} kept for customer pages)"
+                )
+            if self.budget is not None:
+                spent = self.client.requests.total + self._in_flight + cost
+                if spent > self.budget:
+                    return self._stop(f"request budget of {self.budget} spent")
+                if not task.backlog and spent + self._reserved > self.budget:
+                    return f"request budget of {self.budget} kept for listings left by earlier runs"
+            if task.backlog:
+                self._reserved = max(0, self._reserved - cost)
+            self._in_flight += cost
+            return None
+
+    def _stop(self, reason: str) -> str:
+        with self._lock:
+            if self._stopped is None:
+                logger.warning("No more attachment listings in this run: %s", reason)
+                self._stopped = reason
+            return self._stopped
+
+    def _failed(self, task: Task, exc: CodatApiError) -> None:
+        logger.warning("Attachments of customer %r failed: %s", task.customer_id, exc)
+        if self.client.quota_spent(exc):
+            self._defer(task, self._stop(f"daily quota spent (Retry-After {exc.retry_after:.0f} s)"))
+        elif exc.status in FINAL_STATUSES:
+            with self._lock:
+                self.ledger.company(task.company_id).fail(exc)
+            self._done(task, [])
+        else:
+            self._defer(task, f"listing failed, retried next run: {exc}")
+
+    def _done(self, task: Task, rows: list[Json]) -> None:
+        with self._lock:
+            self.ledger.company(task.company_id).attachments_loaded += len(rows)
+            if task.stream is not None and task.key is not None:
+                task.stream.done(task.key)
+                if task.stream.pending:
+                    self._save(task.company_id)
+
+    def _defer(self, task: Task, reason: str) -> None:
+        with self._lock:
+            if task.stream is not None and task.key is not None:
+                task.stream.defer(task.key, reason)
+            else:
+                pairs = self._state.setdefault(LEGACY_STATE_KEY, {}).setdefault(task.company_id, [])
+                pairs.extend([c, task.customer_id] for c in task.connections)
+            self._save(task.company_id, reason)
+
+    # -- state and reports -----------------------------------------------------------------
+
+    def _save(self, company_id: str, reason: str | None = None) -> None:
+        """Rewrite the company's spans in the state from what its passes leave (lock held)."""
+        streams = [
+            *self._old.get(company_id, []),
+            *([self._new[company_id]] if company_id in self._new else []),
+        ]
+        spans = merge_spans(span for stream in streams for span in stream.spans())
+        if spans:
+            self._spans[company_id] = [span.to_state() for span in spans]
+        else:
+            self._spans.pop(company_id, None)
+        legacy = self._state.get(LEGACY_STATE_KEY, {}).get(company_id, [])
+        run = self.ledger.company(company_id)
+        run.attachments_deferred = sum(span.listings for span in spans) + len(legacy)
+        if run.attachments_deferred:
+            first = spans[0].reason if spans else None
+            run.deferral_reason = run.deferral_reason or reason or self._stopped or first
+        else:
+            run.deferral_reason = None
+
+    def _report_all(self) -> None:
+        ours = [company_id for company_id in self._old if self.connections(company_id)]
+        with self._lock:
+            for company_id in ours:
+                self._save(company_id)
+
+    def _note(self, company_id: str, note: str) -> None:
+        with self._lock:
+            self.ledger.company(company_id).notes.append(note)

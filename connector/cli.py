@@ -10,10 +10,11 @@ from typing import Any
 
 import dlt
 from dlt.common.configuration.exceptions import ConfigFieldMissingException
-from dlt.common.runtime.collector import LogCollector
+from dlt.common.runtime.collector import LogCollector, TqdmCollector
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from connector.client import CodatApiError
+from connector.destinations import duckdb_destination
 from connector.sync import run_sync
 
 EXIT_OK, EXIT_COMPANY_FAILED, EXIT_ERROR = 0, 1, 2
@@ -82,11 +83,15 @@ def make_pipeline(args: argparse.Namespace) -> dlt.Pipeline:
                 f"the DuckDB file {args.duckdb_file!r} and the dataset {args.dataset!r} share a name, "
                 "which DuckDB cannot tell apart; rename one (--duckdb-file or --dataset)"
             )
-        destination = dlt.destinations.duckdb(args.duckdb_file)
+        destination = duckdb_destination(args.duckdb_file)
     options: dict[str, Any] = {"pipelines_dir": args.pipelines_dir} if args.pipelines_dir else {}
     if not args.quiet:
-        # On stderr, so stdout carries only the summary (what cron mails).
-        options["progress"] = LogCollector(PROGRESS_PERIOD, logger=sys.stderr, dump_system_stats=False)
+        # On stderr, so stdout carries only the summary (what cron mails): bars on a terminal,
+        # a line every few seconds in a log file.
+        if sys.stderr.isatty():
+            options["progress"] = TqdmCollector(file=sys.stderr, dynamic_ncols=True)
+        else:
+            options["progress"] = LogCollector(PROGRESS_PERIOD, logger=sys.stderr, dump_system_stats=False)
     pipeline: dlt.Pipeline = dlt.pipeline(
         pipeline_name=args.pipeline_name, destination=destination, dataset_name=args.dataset, **options
     )

@@ -1,4 +1,4 @@
-"""One client for the Codat API: auth, retries, error reporting and every operation a sync needs."""
+"""One client for the Codat API: auth, pacing, retries, error reporting and every operation a sync needs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from base64 import b64encode
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from dlt.common.configuration.specs.base_configuration import configspec
 from dlt.common.typing import TSecretStrValue
@@ -21,14 +21,26 @@ from dlt.sources.helpers.rest_client.typing import HTTPMethod
 from requests import PreparedRequest, Request, Response
 from requests.exceptions import ChunkedEncodingError, HTTPError
 
+from connector.pacing import (
+    DEFAULT_IN_FLIGHT_PER_COMPANY,
+    DEFAULT_MAX_RETRY_WAIT,
+    DEFAULT_RATE_WINDOW,
+    DEFAULT_REQUESTS_PER_MINUTE,
+    PacedAdapter,
+    Pacer,
+    company_of,
+    retry_after_seconds,
+)
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.codat.io"
 DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_BACKOFF_FACTOR = 1.0
-DEFAULT_MAX_RETRY_DELAY = 60.0
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_LIST_PAGE_SIZE = 1000
+RETRY_STATUSES = tuple(range(500, 600))  # and 429, when its Retry-After is short enough to wait
+CONNECTION_POOL_SIZE = 64
 Json = dict[str, Any]
 
 
@@ -61,6 +73,7 @@ class CodatHTTPError(HTTPError):
         self.status = response.status_code
         self.error = str(body.get("error") or response.reason or "no error text")
         self.correlation_id = body.get("correlationId")
+        self.retry_after = retry_after_seconds(response.headers.get("Retry-After"))
         super().__init__(f"HTTP {self.status}: {self.error}", response=response)
 
 
@@ -78,12 +91,14 @@ class CodatApiError(Exception):
         status: int | None,
         error: str,
         correlation_id: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.operation = operation
         self.company_id = company_id
         self.status = status
         self.error = error
         self.correlation_id = correlation_id
+        self.retry_after = retry_after
         where = f" for company {company_id}" if company_id else ""
         status_text = f"HTTP {status}" if status else "no answer"
         cid = f" (correlationId {correlation_id})" if correlation_id else ""
@@ -96,12 +111,6 @@ def _error_body(response: Response) -> Json:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
-
-
-def company_of(url: str) -> str | None:
-    """The company id in a Codat URL path, if any."""
-    parts = urlsplit(url).path.strip("/").split("/")
-    return parts[1] if len(parts) > 1 and parts[0] == "companies" else None
 
 
 class RequestCounter:
@@ -162,7 +171,20 @@ class PageNumberPaginator(BasePaginator):
 class CodatClient:
     """The Codat operations, on dlt's retrying session with `Retry-After` honoured.
 
-    Every attempt is counted per company in `requests`, so a run can report what it spent.
+    Every attempt, retries included, is paced to Codat's limits (`pacer`) and counted per
+    company in `requests`, so a run can report what it spent. A `429` asking to wait longer
+    than `max_retry_wait` (a spent daily quota) is final at once instead of a stall.
+
+    Args:
+        api_key: The Codat API key.
+        base_url: The API's address.
+        max_attempts: Attempts per request on `429`, `5xx` and dropped connections.
+        backoff_factor: Multiplier of the exponential backoff between attempts.
+        max_retry_wait: The longest wait before a retry, `Retry-After` included.
+        timeout: Seconds to wait for an answer.
+        requests_per_minute: Requests allowed in any `rate_window` seconds; None for no pacing.
+        rate_window: The length of that window in seconds (Codat: 60).
+        in_flight_per_company: Requests in flight per company, 1 to 10.
     """
 
     def __init__(
@@ -171,8 +193,11 @@ class CodatClient:
         base_url: str = DEFAULT_BASE_URL,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
-        max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY,
+        max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
         timeout: float = DEFAULT_TIMEOUT,
+        requests_per_minute: int | None = DEFAULT_REQUESTS_PER_MINUTE,
+        rate_window: float = DEFAULT_RATE_WINDOW,
+        in_flight_per_company: int = DEFAULT_IN_FLIGHT_PER_COMPANY,
     ) -> None:
         if not api_key:
             raise ValueError(
@@ -181,21 +206,42 @@ class CodatClient:
             )
         self.requests = RequestCounter()
         self.base_url = base_url.rstrip("/")
+        self.max_retry_wait = max_retry_wait
+        self.pacer = Pacer(requests_per_minute, rate_window, in_flight_per_company)
         session = Client(
             request_timeout=timeout,
             raise_for_status=False,
+            status_codes=RETRY_STATUSES,
+            retry_condition=self._retry_429,
             request_max_attempts=max_attempts,
             request_backoff_factor=backoff_factor,
-            request_max_retry_delay=max_retry_delay,
+            request_max_retry_delay=max_retry_wait,
         ).session
+        adapter = PacedAdapter(self.pacer, pool_connections=4, pool_maxsize=CONNECTION_POOL_SIZE)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         self.rest = CodatRESTClient(self.base_url, auth=CodatKeyAuth(api_key=api_key), session=session)
         # Passed on every call: request-level hooks replace the session's in `requests`.
         self._hooks: Any = {"response": [self._on_response]}
 
+    def _retry_429(self, response: Response | None, exception: BaseException | None) -> bool:
+        if response is None or response.status_code != 429:
+            return False
+        wait = retry_after_seconds(response.headers.get("Retry-After"))
+        return wait is None or wait <= self.max_retry_wait
+
+    def quota_spent(self, exc: CodatApiError) -> bool:
+        """Whether an error is a `429` that asked to wait longer than this client waits."""
+        return exc.status == 429 and exc.retry_after is not None and exc.retry_after > self.max_retry_wait
+
     def _on_response(self, response: Response, *args: Any, **kwargs: Any) -> Response:
         self.requests.count(response.url)
+        self.pacer.quota.observe(response)
         if response.status_code >= 400:
-            raise CodatHTTPError(response)
+            error = CodatHTTPError(response)
+            if error.status == 429 and error.retry_after and error.retry_after > self.max_retry_wait:
+                self.pacer.quota.spent(error.retry_after)
+            raise error
         if "json" in response.headers.get("Content-Type", ""):
             try:
                 response.codat_body = json.loads(response.content)  # type: ignore[attr-defined]
@@ -212,7 +258,7 @@ class CodatClient:
         try:
             return self.rest.request(path, method=method, hooks=self._hooks, **kwargs)
         except CodatHTTPError as exc:
-            raise CodatApiError(operation, company_id, exc.status, exc.error, exc.correlation_id) from None
+            raise _api_error(operation, company_id, exc) from None
         except (ChunkedEncodingError, OSError) as exc:
             raise CodatApiError(operation, company_id, None, f"{type(exc).__name__}: {exc}") from None
 
@@ -229,10 +275,14 @@ class CodatClient:
     ) -> Iterator[Json]:
         """Every page body of a paged listing, as the paginator walks it."""
         try:
-            for page in self.rest.paginate(path, params=params or {}, paginator=paginator, hooks=self._hooks):
+            # A data selector, or dlt parses every page again to guess one.
+            pages = self.rest.paginate(
+                path, params=params or {}, paginator=paginator, hooks=self._hooks, data_selector="$"
+            )
+            for page in pages:
                 yield page[0]
         except CodatHTTPError as exc:
-            raise CodatApiError(operation, company_id, exc.status, exc.error, exc.correlation_id) from None
+            raise _api_error(operation, company_id, exc) from None
         except (ChunkedEncodingError, OSError) as exc:
             raise CodatApiError(operation, company_id, None, f"{type(exc).__name__}: {exc}") from None
 
@@ -357,6 +407,10 @@ class CodatClient:
             self._attachments_path(company_id, connection_id, customer_id) + f"/{seg(attachment_id)}/download"
         )
         return self._call("download customer attachment", company_id, "GET", path).content
+
+
+def _api_error(operation: str, company_id: str | None, exc: CodatHTTPError) -> CodatApiError:
+    return CodatApiError(operation, company_id, exc.status, exc.error, exc.correlation_id, exc.retry_after)
 
 
 def seg(value: str) -> str:

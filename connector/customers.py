@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from connector.batches import CustomerPage, PageBuilder, parse_date
 from connector.client import CodatApiError, CodatClient
-from connector.paging import ModifiedDateSeekPaginator, RepeatedPageError
+from connector.paging import ModifiedDateSeekPaginator, PagingError
 from connector.records import (
     ExtractionClock,
     format_codat_datetime,
-    map_customer,
     parse_codat_datetime,
     record_hash,
 )
@@ -29,39 +29,35 @@ class BoundaryDeduper:
     The cursor is the latest `modifiedDate` seen; the boundary is the digests of the records
     at exactly that instant. A later run asks for `modifiedDate>=cursor`, so it gets those
     records again: the ones whose digest matches are unchanged and dropped, while one that
-    changed without its date moving (or arrived at the same instant) still loads.
+    changed without its date moving (or arrived at the same instant) still loads. Within a
+    run, records come again only at the cursor (the seek's `>=` bound, a tie group paged
+    twice), so only records at the cursor are hashed: a page costs a digest or two.
     """
 
     def __init__(self, cursor: datetime | None, boundary: list[str]) -> None:
-        self.start_cursor = cursor
-        self.start_boundary = frozenset(boundary)
         self.cursor = cursor
         self.boundary = set(boundary)
-        self._seen: dict[str, str] = {}
 
-    def fresh(self, records: list[Json]) -> list[Json]:
-        """The records of a page not loaded before, in order."""
-        out = []
-        for record in records:
-            digest = record_hash(record)
-            modified = parse_codat_datetime(record.get("modifiedDate"))
-            self._track(modified, digest)
-            key = str(record.get("id"))
-            if self._seen.get(key) == digest:
-                continue
-            if modified is not None and modified == self.start_cursor and digest in self.start_boundary:
-                continue
-            self._seen[key] = digest
-            out.append(record)
-        return out
-
-    def _track(self, modified: datetime | None, digest: str) -> None:
-        if modified is None:
-            return
-        if self.cursor is None or modified > self.cursor:
-            self.cursor, self.boundary = modified, {digest}
-        elif modified == self.cursor:
-            self.boundary.add(digest)
+    def fresh(
+        self, records: list[Json], modified: list[datetime | None]
+    ) -> tuple[list[Json], list[datetime | None]]:
+        """The records of a page (and their `modifiedDate`s) not loaded before, in order."""
+        kept: list[Json] = []
+        kept_dates: list[datetime | None] = []
+        cursor = self.cursor
+        for record, date in zip(records, modified, strict=True):
+            if date is not None and date == cursor:
+                digest = record_hash(record)
+                if digest in self.boundary:
+                    continue
+                self.boundary.add(digest)
+            kept.append(record)
+            kept_dates.append(date)
+        top = max((d for d in modified if d is not None), default=None)
+        if top is not None and (cursor is None or top > cursor):
+            self.cursor = top
+            self.boundary = {record_hash(r) for r, d in zip(records, modified, strict=True) if d == top}
+        return kept, kept_dates
 
 
 @dataclass
@@ -96,17 +92,19 @@ class CustomerSync:
     client: CodatClient
     cursors: dict[str, Any]  # the source state's per-company cursors, updated in place
     page_size: int
+    load_id: str
     since: datetime | None = None
     until: datetime | None = None
     clock: ExtractionClock = field(default_factory=ExtractionClock)
+    builder: PageBuilder = field(default_factory=PageBuilder)
 
     @property
     def backfill(self) -> bool:
         """A `--since/--until` window: cursors are neither used nor moved."""
         return self.since is not None or self.until is not None
 
-    def pages(self, company: Json, run: CompanyRun) -> Iterator[list[Json]]:
-        """The company's changed customers as rows, a page at a time.
+    def pages(self, company: Json, run: CompanyRun) -> Iterator[CustomerPage]:
+        """The company's changed customers as Arrow tables, a page at a time.
 
         A failure is recorded on `run` and ends this company only; its cursor stays put.
         """
@@ -124,15 +122,17 @@ class CustomerSync:
         paginator = ModifiedDateSeekPaginator(self.page_size, since=start, until=self.until)
         deduper = BoundaryDeduper(None if self.backfill else start, list(saved.boundary))
         try:
-            for page in self.client.list_customers(company_id, paginator):
+            for body in self.client.list_customers(company_id, paginator):
                 seen_at = self.clock.now()
-                fresh = deduper.fresh(page.get("results") or [])
-                rows = [map_customer(r, company_id, seen_at) for r in fresh]
-                run.customers_loaded += len(rows)
-                run.customers_deleted += sum(1 for r in rows if r["isDeleted"])
-                if rows:
-                    yield rows
-        except (CodatApiError, RepeatedPageError, ValueError) as exc:
+                results = body.get("results") or []
+                records, dates = deduper.fresh(results, [parse_date(r.get("modifiedDate")) for r in results])
+                if not records:
+                    continue
+                page = self.builder.build(records, company_id, seen_at, self.load_id, dates)
+                run.customers_loaded += page.customers.num_rows
+                run.customers_deleted += page.deleted
+                yield page
+        except (CodatApiError, PagingError) as exc:
             logger.warning("Customers of company %s failed: %s", company_id, exc)
             run.fail(exc)
             return

@@ -16,7 +16,11 @@ from connector.records import format_codat_datetime, parse_codat_datetime
 DEFAULT_PAGE_SIZE = 5000
 
 
-class RepeatedPageError(RuntimeError):
+class PagingError(RuntimeError):
+    """Codat's pages cannot be walked safely; the company's read stops and its cursor stays."""
+
+
+class RepeatedPageError(PagingError):
     """Codat answered the same request with the same page twice: paging would never end."""
 
 
@@ -109,7 +113,7 @@ class ModifiedDateSeekPaginator(BasePaginator):
         first = parse_codat_datetime(results[0].get("modifiedDate"))
         last = parse_codat_datetime(results[-1].get("modifiedDate"))
         if last is None:
-            raise ValueError("Codat sent customers without a readable modifiedDate; cannot page by it")
+            raise PagingError("Codat sent customers without a readable modifiedDate; cannot page by it")
         if first == last:
             self.group, self.group_page, self.group_total = last, 1, None
             self.after_group = None

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from functools import cache
 from typing import Any
 
 import dlt
+import pyarrow as pa
 from dlt.common.schema.typing import TTableSchemaColumns
 from dlt.sources import DltResource
 
-from connector.attachments import DEFAULT_CONCURRENCY, AttachmentSync
+from connector.attachments import AttachmentSync, Collector
+from connector.batches import CHILD_TABLES, UNMAPPED, child_columns
 from connector.client import (
     DEFAULT_BACKOFF_FACTOR,
     DEFAULT_BASE_URL,
@@ -20,7 +23,15 @@ from connector.client import (
 )
 from connector.customers import CustomerSync, accounting_connection_ids
 from connector.files import DEFAULT_FILES_URL, DEFAULT_MAX_FILE_SIZE, FileStore
+from connector.pacing import (
+    DEFAULT_IN_FLIGHT_PER_COMPANY,
+    DEFAULT_MAX_RETRY_WAIT,
+    DEFAULT_QUOTA_RESERVE,
+    DEFAULT_RATE_WINDOW,
+    DEFAULT_REQUESTS_PER_MINUTE,
+)
 from connector.paging import DEFAULT_PAGE_SIZE
+from connector.progress import Progress
 from connector.records import parse_codat_datetime
 from connector.status import RunLedger
 
@@ -42,7 +53,11 @@ CUSTOMER_COLUMNS: TTableSchemaColumns = {
     "is_deleted": {"data_type": "bool", "nullable": False},
     "extracted_at": {"data_type": "timestamp", "dedup_sort": "desc"},
     "supplemental_data": {"data_type": "json"},
+    UNMAPPED: {"data_type": "json"},
+    "_dlt_load_id": {"data_type": "text", "nullable": False},
+    "_dlt_id": {"data_type": "text", "nullable": False, "unique": True, "row_key": True},
 }
+
 ATTACHMENT_KEY = ("company_id", "connection_id", "customer_id", "id")
 ATTACHMENT_COLUMNS: TTableSchemaColumns = {
     "company_id": {"data_type": "text", "nullable": False},
@@ -60,6 +75,22 @@ FILE_COLUMNS: TTableSchemaColumns = {
     "sha256": {"data_type": "text"},
     "file_status": {"data_type": "text"},
 }
+
+
+class _ArrowJsonColumnsFilter(logging.Filter):
+    """Hides dlt's warning that Arrow's text differs from the `json` hint of the JSON columns.
+
+    The customers table carries `supplemental_data` and `unmapped_fields` as JSON text in Arrow
+    and hints them `json`; the destination casts, as intended. dlt would warn on every page.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(
+            "In resource: customers, when merging arrow schema with dlt schema"
+        )
+
+
+logging.getLogger("dlt").addFilter(_ArrowJsonColumnsFilter())
 
 
 def map_company(company: Json) -> Json:
@@ -86,8 +117,12 @@ def codat_source(
     company_query: str | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
     attachments: bool = True,
-    attachment_concurrency: int = DEFAULT_CONCURRENCY,
+    attachment_concurrency: int = DEFAULT_IN_FLIGHT_PER_COMPANY,
     request_budget: int | None = None,
+    requests_per_minute: int | None = DEFAULT_REQUESTS_PER_MINUTE,
+    rate_window: float = DEFAULT_RATE_WINDOW,
+    max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
+    quota_reserve: int = DEFAULT_QUOTA_RESERVE,
     download_files: bool = False,
     files_url: str = DEFAULT_FILES_URL,
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
@@ -107,9 +142,17 @@ def codat_source(
         company_query: A Codat `query` on companies (e.g. `name~Acme`), instead of ids.
         page_size: Customers per request, 1 to 5000.
         attachments: List each changed customer's attachment metadata.
-        attachment_concurrency: Attachment requests in flight per company, 1 to 10.
+        attachment_concurrency: Requests in flight per company (attachment listings and
+            customer pages together), 1 to 10 (Codat's limit).
         request_budget: Requests this run may spend; attachment listings beyond it wait
             in the state for the next run, which does them first.
+        requests_per_minute: Requests the client sends in any `rate_window` seconds, every
+            company together (Codat's limit is 1,000 a minute per IP); None: unpaced.
+        rate_window: The length in seconds of the window `requests_per_minute` counts over.
+        max_retry_wait: The longest wait before a retry; a `429` asking for longer (a spent
+            daily quota) is final at once, and attachment listings stop for this run.
+        quota_reserve: Attachment listings stop when Codat's daily quota has this many
+            requests left (`X-Rate-Limit-Remaining`), leaving them to customer pages.
         download_files: Also download attachment files to `files_url`.
         files_url: A local folder or an fsspec URL (`s3://bucket/prefix`, ...).
         max_file_size: Files larger than this many bytes are not downloaded.
@@ -127,7 +170,16 @@ def codat_source(
     window = _window(since, until)
     if not 1 <= page_size <= 5000:
         raise ValueError(f"page_size must be between 1 and 5000 (Codat's limit); got {page_size}")
-    client = CodatClient(api_key, base_url, max_attempts=max_attempts, backoff_factor=backoff_factor)
+    client = CodatClient(
+        api_key,
+        base_url,
+        max_attempts=max_attempts,
+        backoff_factor=backoff_factor,
+        max_retry_wait=max_retry_wait,
+        requests_per_minute=requests_per_minute,
+        rate_window=rate_window,
+        in_flight_per_company=attachment_concurrency,
+    )
     run = ledger if ledger is not None else RunLedger()
     run.requests = client.requests
 
@@ -173,12 +225,32 @@ def codat_source(
     if hard_delete:
         customer_columns["is_deleted"] = {**CUSTOMER_COLUMNS["is_deleted"], "hard_delete": True}
 
-    @dlt.resource(primary_key=("company_id", "id"), write_disposition="merge", columns=customer_columns)
-    def customers() -> Iterator[list[Json]]:
+    @dlt.resource
+    def customers() -> Iterator[Any]:
         state = dlt.current.source_state().setdefault("cursors", {})
-        sync = CustomerSync(client, state, page_size, *window)
+        load_id = dlt.current.load_package_state()["load_id"]
+        sync = CustomerSync(client, state, page_size, load_id, *window)
+        progress = Progress()
+        progress.companies(len(account()))
         for company in account():
-            yield from sync.pages(company, run.company(company["id"], company.get("name")))
+            for page in sync.pages(company, run.company(company["id"], company.get("name"))):
+                progress.customers(page.customers.num_rows)
+                yield page.customers
+                for table, rows in page.children.items():
+                    yield dlt.mark.with_table_name(rows, table)
+            progress.company_done()
+
+    # Variants start from the resource's hints: declare them before the customers table's own.
+    for table in CHILD_TABLES:
+        customers.apply_hints(
+            table_name=table,
+            write_disposition="append",
+            columns=child_columns(table),
+            create_table_variant=True,
+        )
+    customers.apply_hints(
+        primary_key=("company_id", "id"), write_disposition="merge", columns=customer_columns
+    )
 
     attachment_columns = {**ATTACHMENT_COLUMNS, **(FILE_COLUMNS if download_files else {})}
 
@@ -192,10 +264,12 @@ def codat_source(
             client,
             run,
             accounting_connections,
-            state.setdefault("attachment_backlog", {}),
-            attachment_concurrency,
-            request_budget,
-            files,
+            state,
+            page_size=page_size,
+            concurrency=attachment_concurrency,
+            budget=request_budget,
+            quota_reserve=quota_reserve,
+            files=files,
         )
 
     @dlt.transformer(
@@ -204,10 +278,13 @@ def codat_source(
         write_disposition="merge",
         columns=attachment_columns,
     )
-    def customer_attachments(rows: list[Json]) -> Iterator[list[Json]]:
-        if rows:
-            company_id = str(rows[0]["companyId"])
-            customers = [(row.get("modifiedDate"), str(row["id"])) for row in rows]
+    def customer_attachments(page: Any) -> Iterator[Collector]:
+        # The customers resource also yields its child tables: only the customers table
+        # (the one with `company_id`) names customers.
+        if isinstance(page, pa.Table) and "company_id" in page.column_names and page.num_rows:
+            company_id = str(page.column("company_id")[0])
+            dates, ids = page.column("modified_date").to_pylist(), page.column("id").to_pylist()
+            customers = list(zip(dates, ids, strict=True))
             yield from attachment_sync().for_customers(company_id, customers)
 
     @dlt.resource(
@@ -216,7 +293,7 @@ def codat_source(
         write_disposition="merge",
         columns=attachment_columns,
     )
-    def customer_attachments_backlog() -> Iterator[list[Json]]:
+    def customer_attachments_backlog() -> Iterator[Collector]:
         yield from attachment_sync().backlog_pages()
 
     resources: list[DltResource] = [companies, connections, customers]

@@ -26,6 +26,7 @@ class CompanyRun:
     customers_deleted: int = 0
     attachments_loaded: int = 0
     attachments_deferred: int = 0
+    deferral_reason: str | None = None
     files_downloaded: int = 0
     requests: int = 0
     http_status: int | None = None
@@ -55,12 +56,24 @@ class RunLedger:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def company(self, company_id: str, name: str | None = None) -> CompanyRun:
-        """The company's record for this run, created on first use."""
+        """The company's record for this run, created on first use (the name kept once known)."""
         with self._lock:
             run = self.companies.get(company_id)
             if run is None:
                 run = self.companies[company_id] = CompanyRun(company_id, name)
+            elif run.company_name is None and name is not None:
+                run.company_name = name
             return run
+
+    @property
+    def attachments_deferred(self) -> int:
+        """Customers whose attachment listing was left for a later run."""
+        return sum(c.attachments_deferred for c in self.companies.values())
+
+    @property
+    def deferral_reasons(self) -> list[str]:
+        """Why listings were left for a later run, each reason once."""
+        return list(dict.fromkeys(c.deferral_reason for c in self.companies.values() if c.deferral_reason))
 
     @property
     def failed(self) -> list[CompanyRun]:

@@ -7,13 +7,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dlt
+from dlt.common.destination import TLoaderFileFormat
 from dlt.common.pipeline import LoadInfo
 from dlt.common.schema.typing import TTableSchemaColumns
 
+from connector.batches import CHILD_TABLES
 from connector.source import codat_source
 from connector.status import FAILED, RunLedger
-from connector.views import create_views, has_table
+from connector.views import create_views, has_table, prune_child_rows
 
+# Destinations whose CSV load (dlt's default for Arrow there) turns "" into NULL.
+COPY_NULLS_EMPTY = frozenset({"postgres"})
 STATUS_COLUMNS: TTableSchemaColumns = {
     "company_id": {"data_type": "text", "nullable": False},
     "company_name": {"data_type": "text"},
@@ -79,6 +83,39 @@ def count_customers(pipeline: dlt.Pipeline) -> int:
         return 0
 
 
+def arrow_file_format(pipeline: dlt.Pipeline) -> TLoaderFileFormat | None:
+    """The file format the customer pages (Arrow tables) load in, or None for dlt's choice.
+
+    dlt's choice is Parquet where the destination reads it (DuckDB, filesystem, warehouses).
+    PostgreSQL would get CSV for COPY, and dlt's COPY reads every empty string of a nullable
+    column as NULL (`FORCE_NULL`): `insert_values` keeps "" and NULL apart.
+    """
+    return "insert_values" if pipeline.destination.destination_name in COPY_NULLS_EMPTY else None
+
+
+def detach_child_tables(pipeline: dlt.Pipeline) -> bool:
+    """Rewrite a schema from before Arrow pages, where dlt nested the child tables, once.
+
+    The child tables keep their names and columns but are now appended tables of the
+    `customers` resource (`connector.batches`); dlt refuses to merge a nested table's schema
+    into a top-level one, so the stored schema is told first. Returns whether it changed.
+    """
+    if not pipeline.default_schema_name:
+        return False
+    schema = pipeline.default_schema
+    nested = [t for name in CHILD_TABLES if (t := schema.tables.get(name)) is not None and "parent" in t]
+    for table in nested:
+        del table["parent"]
+        table["write_disposition"] = "append"
+        table["resource"] = "customers"
+        for column in table["columns"].values():
+            column.pop("parent_key", None)
+            column.pop("root_key", None)
+    if nested:
+        pipeline.schemas.save_schema(schema)
+    return bool(nested)
+
+
 def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_options: Any) -> SyncSummary:
     """Sync Codat into the pipeline's destination and record the run in `sync_status`.
 
@@ -96,10 +133,15 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
     if pipeline.has_pending_data:
         # An interrupted run left packages behind: dlt's `run` would only finish those.
         pipeline.run()
+    detach_child_tables(pipeline)
     before = 0 if full_refresh else count_customers(pipeline)
-    info: LoadInfo = pipeline.run(source, refresh="drop_sources") if full_refresh else pipeline.run(source)
+    run_options: dict[str, Any] = {"loader_file_format": arrow_file_format(pipeline)}
+    if full_refresh:
+        run_options["refresh"] = "drop_sources"
+    info: LoadInfo = pipeline.run(source, **run_options)
     load_id = info.loads_ids[-1] if info.loads_ids else None
     after = count_customers(pipeline)
+    prune_child_rows(pipeline)
     views = create_views(pipeline)
     status_rows = ledger.rows(load_id)
     if status_rows:

@@ -1,8 +1,11 @@
-"""Analyst-ready SQL views created beside the raw tables after each load."""
+"""SQL run beside the raw tables after each load: child rows of replaced customers go, views come."""
 
 from __future__ import annotations
 
 from dlt import Pipeline
+from dlt.common.schema.utils import has_table_seen_data
+
+from connector.batches import CHILD_TABLES
 
 CURRENT_CUSTOMERS = """
 SELECT {customer_columns},
@@ -46,6 +49,34 @@ def has_table(pipeline: Pipeline, table: str) -> bool:
     return bool(pipeline.default_schema_name) and table in pipeline.default_schema.tables
 
 
+def prune_child_rows(pipeline: Pipeline) -> None:
+    """Delete the child rows of customer versions that were replaced or hard-deleted.
+
+    The child tables are appended (dlt merges nested tables only when its own normaliser wrote
+    them, and the connector writes them as Arrow), so each load leaves the rows of the customer
+    versions it replaced behind. They join to no customer (`_dlt_root_id` names a `_dlt_id` that
+    is gone); this removes them. Idempotent: what a killed run leaves, the next run removes.
+    SQL destinations only: the filesystem destination keeps every version anyway.
+    """
+    if not _holds_sql(pipeline) or not has_table(pipeline, "customers"):
+        return
+    schema = pipeline.default_schema
+    children = [t for t in CHILD_TABLES if t in schema.tables and has_table_seen_data(schema.tables[t])]
+    with pipeline.sql_client() as sql:
+        customers = sql.make_qualified_table_name("customers")
+        for table in children:
+            child = sql.make_qualified_table_name(table)
+            sql.execute_sql(
+                f"DELETE FROM {child} WHERE NOT EXISTS "
+                f"(SELECT 1 FROM {customers} c WHERE c._dlt_id = {child}._dlt_root_id)"
+            )
+
+
+def _holds_sql(pipeline: Pipeline) -> bool:
+    # The filesystem destination's SQL client is a throwaway in-memory DuckDB over its files.
+    return pipeline.destination.destination_name != "filesystem"
+
+
 def create_views(pipeline: Pipeline) -> list[str]:
     """(Re)create `customers_current` and `customer_attachments_with_customers`.
 
@@ -54,8 +85,8 @@ def create_views(pipeline: Pipeline) -> list[str]:
     """
     if not has_table(pipeline, "customers"):
         return []
-    if pipeline.destination.destination_name == "filesystem":
-        return []  # its SQL client is a throwaway in-memory DuckDB: views would not persist
+    if not _holds_sql(pipeline):
+        return []
     schema = pipeline.default_schema
     try:
         sql_client = pipeline.sql_client()

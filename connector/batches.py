@@ -1,0 +1,367 @@
+"""Customer pages as Arrow tables: the customers table and its child tables, typed column by column.
+
+dlt's JSON normaliser walks every record in Python and writes it twice (extract, then normalize);
+an Arrow table goes to Parquet once and on to the destination as it is. The child tables keep the
+names and link columns dlt's normaliser gives them (`_dlt_parent_id`, `_dlt_root_id`,
+`_dlt_list_idx`, `_dlt_id`), so the tables read the same whichever path wrote them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from dlt.common.data_types import TDataType
+from dlt.common.schema.typing import TTableSchemaColumns
+
+from connector.records import parse_codat_datetime
+
+logger = logging.getLogger(__name__)
+Json = dict[str, Any]
+
+CUSTOMERS = "customers"
+ADDRESSES = "customers__addresses"
+CONTACTS = "customers__contacts"
+PHONES = "customers__contacts__phone"
+CHILD_TABLES = (ADDRESSES, CONTACTS, PHONES)
+
+# (Codat field, column): text columns of each table, in Codat's camelCase and dlt's snake_case.
+CUSTOMER_TEXT = (
+    ("id", "id"),
+    ("customerName", "customer_name"),
+    ("contactName", "contact_name"),
+    ("emailAddress", "email_address"),
+    ("defaultCurrency", "default_currency"),
+    ("phone", "phone"),
+    ("registrationNumber", "registration_number"),
+    ("taxNumber", "tax_number"),
+    ("status", "status"),
+)
+CUSTOMER_DATES = (("modifiedDate", "modified_date"), ("sourceModifiedDate", "source_modified_date"))
+ADDRESS_TEXT = (
+    ("type", "type"),
+    ("line1", "line1"),
+    ("line2", "line2"),
+    ("city", "city"),
+    ("region", "region"),
+    ("country", "country"),
+    ("postalCode", "postal_code"),
+)
+CONTACT_TEXT = (("name", "name"), ("email", "email"), ("status", "status"))
+PHONE_TEXT = (("number", "number"), ("type", "type"))
+
+CUSTOMER_KEYS = frozenset(
+    [k for k, _ in CUSTOMER_TEXT + CUSTOMER_DATES] + ["addresses", "contacts", "metadata", "supplementalData"]
+)
+ADDRESS_KEYS = frozenset(k for k, _ in ADDRESS_TEXT)
+CONTACT_KEYS = frozenset([k for k, _ in CONTACT_TEXT] + ["modifiedDate", "address", "phone"])
+PHONE_KEYS = frozenset(k for k, _ in PHONE_TEXT)
+UNMAPPED = "unmapped_fields"
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+TEXT = pa.string()
+
+# The link columns dlt's normaliser writes on child tables.
+# They are not `root_key`/`parent_key` here: dlt keeps those for tables its normaliser nests.
+LINK_COLUMNS: TTableSchemaColumns = {
+    "_dlt_root_id": {"data_type": "text", "nullable": False},
+    "_dlt_parent_id": {"data_type": "text", "nullable": False},
+    "_dlt_list_idx": {"data_type": "bigint", "nullable": False},
+    "_dlt_id": {"data_type": "text", "nullable": False, "unique": True, "row_key": True},
+}
+LINK_FIELDS = [
+    pa.field("_dlt_root_id", TEXT, nullable=False),
+    pa.field("_dlt_parent_id", TEXT, nullable=False),
+    pa.field("_dlt_list_idx", pa.int64(), nullable=False),
+    pa.field("_dlt_id", TEXT, nullable=False),
+]
+
+
+def _text_fields(pairs: tuple[tuple[str, str], ...], prefix: str = "") -> list[pa.Field]:
+    return [pa.field(prefix + column, TEXT, nullable=column != "id") for _, column in pairs]
+
+
+CUSTOMER_SCHEMA = pa.schema(
+    [
+        pa.field("company_id", TEXT, nullable=False),
+        *_text_fields(CUSTOMER_TEXT),
+        *[pa.field(column, TIMESTAMP) for _, column in CUSTOMER_DATES],
+        pa.field("is_deleted", pa.bool_(), nullable=False),
+        pa.field("extracted_at", TIMESTAMP),
+        pa.field("supplemental_data", TEXT),
+        pa.field(UNMAPPED, TEXT),
+        pa.field("_dlt_load_id", TEXT, nullable=False),
+        pa.field("_dlt_id", TEXT, nullable=False),
+    ]
+)
+ADDRESS_SCHEMA = pa.schema([*_text_fields(ADDRESS_TEXT), *LINK_FIELDS])
+CONTACT_SCHEMA = pa.schema(
+    [
+        *_text_fields(CONTACT_TEXT),
+        *_text_fields(ADDRESS_TEXT, "address__"),
+        pa.field("modified_date", TIMESTAMP),
+        *LINK_FIELDS,
+    ]
+)
+PHONE_SCHEMA = pa.schema([*_text_fields(PHONE_TEXT), *LINK_FIELDS])
+CHILD_SCHEMAS = {ADDRESSES: ADDRESS_SCHEMA, CONTACTS: CONTACT_SCHEMA, PHONES: PHONE_SCHEMA}
+
+
+def child_columns(table: str) -> TTableSchemaColumns:
+    """Dlt column hints of a child table: nullable text and dates, and the link columns."""
+    columns: TTableSchemaColumns = {}
+    for field in CHILD_SCHEMAS[table]:
+        if field.name in LINK_COLUMNS:
+            columns[field.name] = dict(LINK_COLUMNS[field.name])  # type: ignore[assignment]
+        else:
+            kind: TDataType = "timestamp" if field.type == TIMESTAMP else "text"
+            columns[field.name] = {"data_type": kind, "nullable": True}
+    return columns
+
+
+def parse_date(value: Any) -> datetime | None:
+    """`parse_codat_datetime` with the standard library's ISO parser as the fast path."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return parse_codat_datetime(value)
+    if moment.year == 1:  # Codat's "no date"
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _struct(pairs: tuple[tuple[str, str], ...], *more: tuple[str, pa.DataType]) -> pa.StructType:
+    return pa.struct([*[(key, TEXT) for key, _ in pairs], *more])
+
+
+ADDRESS_STRUCT = _struct(ADDRESS_TEXT)
+PHONE_STRUCT = _struct(PHONE_TEXT)
+CONTACT_STRUCT = _struct(
+    CONTACT_TEXT,
+    ("modifiedDate", TEXT),
+    ("address", ADDRESS_STRUCT),
+    ("phone", pa.list_(PHONE_STRUCT)),
+)
+# The shape Arrow reads the records in (keys it does not name are left out, see `unmapped_fields`).
+CUSTOMER_STRUCT = _struct(
+    CUSTOMER_TEXT,
+    ("sourceModifiedDate", TEXT),
+    ("metadata", pa.struct([("isDeleted", pa.bool_())])),
+    ("addresses", pa.list_(ADDRESS_STRUCT)),
+    ("contacts", pa.list_(CONTACT_STRUCT)),
+)
+
+
+@dataclass
+class CustomerPage:
+    """One page of customers as the four tables' Arrow tables."""
+
+    customers: pa.Table
+    children: dict[str, pa.Table]
+
+    @property
+    def deleted(self) -> int:
+        """Customers on the page flagged `metadata.isDeleted`."""
+        return int(pc.sum(self.customers.column("is_deleted")).as_py() or 0)
+
+
+class PageBuilder:
+    """Builds the Arrow tables of customer pages, warning once per field it does not map."""
+
+    def __init__(self) -> None:
+        self._warned: set[str] = set()
+
+    def build(
+        self,
+        records: Sequence[Json],
+        company_id: str,
+        extracted_at: datetime,
+        load_id: str,
+        modified: Sequence[datetime | None] | None = None,
+    ) -> CustomerPage:
+        """The tables of one page of Codat customer records.
+
+        Arrow reads the records in C++; Python only parses dates and serialises JSON columns.
+        Fields the connector does not know go to the JSON column `unmapped_fields` (never
+        dropped); a value of another JSON type where Codat documents text is kept as its JSON text.
+
+        Args:
+            records: Codat customer records, as served.
+            company_id: The company they belong to.
+            extracted_at: When the page was read (newest wins when one run sees a customer twice).
+            load_id: The dlt load id stamped on every customer row.
+            modified: The records' `modifiedDate`s if the caller already parsed them.
+        """
+        try:
+            parsed = pa.array(records, type=CUSTOMER_STRUCT)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            parsed = pa.array([_conform(r, CUSTOMER_STRUCT) for r in records], type=CUSTOMER_STRUCT)
+        count = len(records)
+        prefix = secrets.token_urlsafe(9)
+        root_ids = pa.array([f"{prefix}{i:x}" for i in range(count)], TEXT)
+        if modified is None:
+            modified = [parse_date(r.get("modifiedDate")) for r in records]
+        columns: dict[str, Any] = {"company_id": pa.array([company_id] * count, TEXT)}
+        for key, column in CUSTOMER_TEXT:
+            columns[column] = pc.struct_field(parsed, key)
+        columns["modified_date"] = pa.array(modified, TIMESTAMP)
+        columns["source_modified_date"] = _dates(pc.struct_field(parsed, "sourceModifiedDate"))
+        columns["is_deleted"] = pc.fill_null(pc.struct_field(parsed, ["metadata", "isDeleted"]), False)
+        columns["extracted_at"] = pa.array([extracted_at] * count, TIMESTAMP)
+        columns["supplemental_data"] = pa.array(
+            [_json_or_none(r.get("supplementalData")) for r in records], TEXT
+        )
+        columns[UNMAPPED] = pa.array([self._unmapped(r) for r in records], TEXT)
+        columns["_dlt_load_id"] = pa.array([load_id] * count, TEXT)
+        columns["_dlt_id"] = root_ids
+        children = _children(parsed, root_ids)
+        return CustomerPage(
+            customers=pa.Table.from_arrays(
+                [columns[f.name] for f in CUSTOMER_SCHEMA], schema=CUSTOMER_SCHEMA
+            ),
+            children={name: table for name, table in children.items() if table.num_rows},
+        )
+
+    def _unmapped(self, record: Json) -> str | None:
+        if CUSTOMER_KEYS.issuperset(record) and _children_known(record):
+            return None
+        extra: Json = {k: v for k, v in record.items() if k not in CUSTOMER_KEYS}
+        for name in ("addresses", "contacts"):
+            if not _list_of_dicts(record.get(name)):
+                extra[name] = record[name]
+        for name, known in (("addresses", ADDRESS_KEYS), ("contacts", CONTACT_KEYS)):
+            for index, item in enumerate(_dict_items(record.get(name))):
+                for key in item.keys() - known:
+                    extra[f"{name}[{index}].{key}"] = item[key]
+        for index, contact in enumerate(_dict_items(record.get("contacts"))):
+            if not _list_of_dicts(contact.get("phone")):
+                extra[f"contacts[{index}].phone"] = contact["phone"]
+            for number, phone in enumerate(_dict_items(contact.get("phone"))):
+                for key in phone.keys() - PHONE_KEYS:
+                    extra[f"contacts[{index}].phone[{number}].{key}"] = phone[key]
+        new = set(extra) - self._warned
+        if new:
+            self._warned |= new
+            logger.warning(
+                "Codat sent customer fields this connector does not map; kept in %s: %s",
+                UNMAPPED,
+                ", ".join(sorted(new)),
+            )
+        return _json_or_none(extra) if extra else None
+
+
+def _list_of_dicts(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and all(isinstance(v, dict) for v in value))
+
+
+def _children_known(record: Json) -> bool:
+    addresses, contacts = record.get("addresses"), record.get("contacts")
+    if not (_list_of_dicts(addresses) and _list_of_dicts(contacts)):
+        return False
+    for address in addresses or ():
+        if not ADDRESS_KEYS.issuperset(address):
+            return False
+    for contact in contacts or ():
+        phones = contact.get("phone")
+        if not (CONTACT_KEYS.issuperset(contact) and _list_of_dicts(phones)):
+            return False
+        for phone in phones or ():
+            if not PHONE_KEYS.issuperset(phone):
+                return False
+    return True
+
+
+def _dict_items(value: Any) -> list[Json]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _children(parsed: pa.StructArray, root_ids: pa.Array) -> dict[str, pa.Table]:
+    """The child tables' rows, linked to their parents as dlt's normaliser links them."""
+    addresses, address_parents, address_index = _unnest(pc.struct_field(parsed, "addresses"))
+    contacts, contact_parents, contact_index = _unnest(pc.struct_field(parsed, "contacts"))
+    phones, phone_parents, phone_index = _unnest(pc.struct_field(contacts, "phone"))
+    address_roots = pc.take(root_ids, address_parents)
+    contact_roots = pc.take(root_ids, contact_parents)
+    contact_ids = _child_ids(contact_roots, "c", contact_index)
+    contact_address = pc.struct_field(contacts, "address")
+    contact_columns = [pc.struct_field(contacts, key) for key, _ in CONTACT_TEXT]
+    contact_columns += [pc.struct_field(contact_address, key) for key, _ in ADDRESS_TEXT]
+    contact_columns.append(_dates(pc.struct_field(contacts, "modifiedDate")))
+    return {
+        ADDRESSES: _child_table(
+            ADDRESS_SCHEMA,
+            [pc.struct_field(addresses, key) for key, _ in ADDRESS_TEXT],
+            address_roots,
+            address_roots,
+            address_index,
+            _child_ids(address_roots, "a", address_index),
+        ),
+        CONTACTS: _child_table(
+            CONTACT_SCHEMA, contact_columns, contact_roots, contact_roots, contact_index, contact_ids
+        ),
+        PHONES: _child_table(
+            PHONE_SCHEMA,
+            [pc.struct_field(phones, key) for key, _ in PHONE_TEXT],
+            pc.take(contact_roots, phone_parents),
+            pc.take(contact_ids, phone_parents),
+            phone_index,
+            _child_ids(pc.take(contact_ids, phone_parents), "p", phone_index),
+        ),
+    }
+
+
+def _unnest(lists: pa.ListArray) -> tuple[pa.StructArray, pa.Array, pa.Array]:
+    """A list column's items, the row each came from and its position in that row's list."""
+    items = lists.flatten()
+    parents = pc.list_parent_indices(lists)
+    starts = pc.take(lists.offsets, parents)
+    positions = pc.subtract(pa.array(range(len(items)), pa.int64()), starts)
+    return items, parents, positions
+
+
+def _child_ids(parent_ids: pa.Array, kind: str, positions: pa.Array) -> pa.Array:
+    return pc.binary_join_element_wise(parent_ids, pc.cast(positions, TEXT), "." + kind)
+
+
+def _child_table(
+    schema: pa.Schema,
+    values: list[pa.Array],
+    roots: pa.Array,
+    parents: pa.Array,
+    positions: pa.Array,
+    ids: pa.Array,
+) -> pa.Table:
+    return pa.Table.from_arrays([*values, roots, parents, positions, ids], schema=schema)
+
+
+def _dates(texts: pa.Array) -> pa.Array:
+    return pa.array([parse_date(v) for v in texts.to_pylist()], TIMESTAMP)
+
+
+def _conform(value: Any, kind: pa.DataType) -> Any:
+    """`value` bent to the Arrow type it is read as: other JSON types become their JSON text."""
+    if value is None:
+        return None
+    if pa.types.is_struct(kind):
+        source = value if isinstance(value, dict) else {}
+        return {field.name: _conform(source.get(field.name), field.type) for field in kind}
+    if pa.types.is_list(kind):
+        return [_conform(v, kind.value_type) for v in value] if isinstance(value, list) else None
+    if pa.types.is_boolean(kind):
+        return value if isinstance(value, bool) else str(value).strip().lower() == "true"
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,244 @@
+"""The client's pacing to Codat's three limits: requests a minute, requests in flight, daily quota."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from requests import PreparedRequest, Response
+from requests.adapters import HTTPAdapter
+
+DEFAULT_REQUESTS_PER_MINUTE = 1000  # Codat's limit per IP address
+DEFAULT_RATE_WINDOW = 60.0  # seconds the limit above counts over
+MAX_IN_FLIGHT_PER_COMPANY = 10  # Codat answers 429 past 10 concurrent requests for one company
+DEFAULT_IN_FLIGHT_PER_COMPANY = MAX_IN_FLIGHT_PER_COMPANY
+DEFAULT_MAX_RETRY_WAIT = 60.0  # a 429 asking to wait longer is final (a spent daily quota)
+DEFAULT_QUOTA_RESERVE = 100  # daily requests left alone by attachment listings, for customer pages
+SEND_JITTER = 0.25  # seconds a request may take from leaving its turn to being counted by Codat
+
+
+def company_of(url: str) -> str | None:
+    """The company id in a Codat URL path, if any."""
+    parts = urlsplit(url).path.strip("/").split("/")
+    return parts[1] if len(parts) > 1 and parts[0] == "companies" else None
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A `Retry-After` value (seconds or an HTTP date) as seconds from now, or None if unreadable."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+class RateGate:
+    """At most `limit` requests in any `window` seconds, whichever thread sends them.
+
+    Each request reserves the next free slot under a lock (threads are served in turn) and
+    sleeps until it. Slots are `(window + jitter) / (limit - 1)` seconds apart, the first
+    one a slot after the gate is made: any `window + jitter` seconds hold at most `limit`
+    requests, this client's previous gate included, so the server counts at most `limit`
+    in any window even when a request reaches it up to `jitter` seconds late.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window: float = DEFAULT_RATE_WINDOW,
+        jitter: float = SEND_JITTER,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if limit < 2 or not window > 0:
+            raise ValueError(
+                f"requests_per_minute must be at least 2 and rate_window positive; got {limit}, {window}"
+            )
+        self.limit = limit
+        self.window = window
+        self.interval = (window + jitter) / (limit - 1)
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next = clock() + self.interval
+
+    @property
+    def rate(self) -> float:
+        """Requests per second in the long run."""
+        return 1 / self.interval
+
+    def wait(self) -> float:
+        """Block until this request's slot; returns the seconds waited."""
+        with self._lock:
+            now = self._clock()
+            slot = max(self._next, now)
+            self._next = slot + self.interval
+        if slot > now:
+            self._sleep(slot - now)
+        return slot - now
+
+
+class CompanySlots:
+    """At most `per_company` requests in flight for each company."""
+
+    def __init__(self, per_company: int = DEFAULT_IN_FLIGHT_PER_COMPANY) -> None:
+        if not 1 <= per_company <= MAX_IN_FLIGHT_PER_COMPANY:
+            raise ValueError(
+                f"attachment_concurrency must be between 1 and {MAX_IN_FLIGHT_PER_COMPANY} "
+                f"(Codat refuses more concurrent requests per company); got {per_company}"
+            )
+        self.per_company = per_company
+        self._lock = threading.Lock()
+        self._slots: dict[str, threading.Semaphore] = {}
+
+    @contextlib.contextmanager
+    def hold(self, company_id: str | None) -> Iterator[None]:
+        """Hold one of the company's slots (requests outside a company need none)."""
+        if company_id is None:
+            yield
+            return
+        with self._lock:
+            slot = self._slots.setdefault(company_id, threading.Semaphore(self.per_company))
+        with slot:
+            yield
+
+
+class QuotaWatch:
+    """The daily quota as Codat's `X-Rate-Limit-*` headers and final `429` answers tell it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.remaining: int | None = None
+        self.reset: str | None = None
+        self.spent_for: float | None = None  # the Retry-After of a 429 too long to wait for
+
+    def observe(self, response: Response) -> None:
+        """Read one answer's headers; answers arrive out of order, so the lowest count wins."""
+        try:
+            remaining = int(response.headers["X-Rate-Limit-Remaining"])
+        except (KeyError, ValueError):
+            return
+        reset = response.headers.get("X-Rate-Limit-Reset")
+        with self._lock:
+            if self.remaining is None or reset != self.reset:
+                self.remaining, self.reset = remaining, reset  # first answer, or a new day
+            else:
+                self.remaining = min(self.remaining, remaining)
+
+    def spent(self, retry_after: float) -> None:
+        """Record a `429` whose `Retry-After` is too long to wait for."""
+        with self._lock:
+            self.spent_for = retry_after if self.spent_for is None else max(self.spent_for, retry_after)
+
+
+class Pacer:
+    """Everything one client shares to stay within Codat's limits.
+
+    Args:
+        requests_per_minute: Requests allowed in any `rate_window` seconds; None for no pacing.
+        rate_window: The length of that window (Codat: a minute).
+        in_flight_per_company: Requests in flight per company, 1 to 10.
+    """
+
+    def __init__(
+        self,
+        requests_per_minute: int | None = DEFAULT_REQUESTS_PER_MINUTE,
+        rate_window: float = DEFAULT_RATE_WINDOW,
+        in_flight_per_company: int = DEFAULT_IN_FLIGHT_PER_COMPANY,
+    ) -> None:
+        self.gate = RateGate(requests_per_minute, rate_window) if requests_per_minute else None
+        self.slots = CompanySlots(in_flight_per_company)
+        self.quota = QuotaWatch()
+
+    @contextlib.contextmanager
+    def turn(self, url: str) -> Iterator[None]:
+        """Wait for a free slot of the URL's company, then for the next slot of the rate."""
+        with self.slots.hold(company_of(url)):
+            if self.gate is not None:
+                self.gate.wait()
+            yield
+
+
+class PacedAdapter(HTTPAdapter):
+    """The transport under dlt's retrying session: every attempt, retries included, is paced."""
+
+    def __init__(self, pacer: Pacer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pacer = pacer
+
+    def send(self, request: PreparedRequest, *args: Any, **kwargs: Any) -> Response:
+        """Send one attempt in its turn, holding the company's slot until its answer's headers."""
+        with self.pacer.turn(request.url or ""):
+            return super().send(request, *args, **kwargs)
+
+
+class CompanyQueue:
+    """Jobs run by up to `workers` threads, at most `per_company` of one company at a time.
+
+    Companies take turns, so one company's long queue does not hold up the others; threads
+    start when there is work a company may run and end when there is none.
+    """
+
+    def __init__(self, workers: int, per_company: int) -> None:
+        self.workers = workers
+        self.per_company = per_company
+        self._lock = threading.Lock()
+        self._queues: dict[str, deque[Callable[[], None]]] = {}
+        self._turns: deque[str] = deque()  # companies with queued jobs
+        self._running: Counter[str] = Counter()
+        self._threads = 0
+
+    def put(self, company_id: str, jobs: list[Callable[[], None]]) -> None:
+        """Queue jobs of one company after those already queued."""
+        with self._lock:
+            queue = self._queues.get(company_id)
+            if queue is None:
+                queue = self._queues[company_id] = deque()
+                self._turns.append(company_id)
+            queue.extend(jobs)
+            runnable = sum(min(len(q), self.per_company - self._running[c]) for c, q in self._queues.items())
+            idle = self._threads - sum(self._running.values())
+            for _ in range(min(self.workers - self._threads, runnable - idle)):
+                self._threads += 1
+                threading.Thread(target=self._work, name="codat-attachments", daemon=True).start()
+
+    def _next(self) -> tuple[str, Callable[[], None]] | None:
+        for _ in range(len(self._turns)):
+            company_id = self._turns[0]
+            self._turns.rotate(-1)
+            if self._running[company_id] < self.per_company:
+                queue = self._queues[company_id]
+                job = queue.popleft()
+                if not queue:
+                    del self._queues[company_id]
+                    self._turns.remove(company_id)
+                self._running[company_id] += 1
+                return company_id, job
+        return None
+
+    def _work(self) -> None:
+        company_id: str | None = None
+        while True:
+            with self._lock:
+                if company_id is not None:
+                    self._running[company_id] -= 1
+                picked = self._next()
+                if picked is None:
+                    self._threads -= 1
+                    return
+                company_id, job = picked
+            job()  # jobs report their own outcome and never raise

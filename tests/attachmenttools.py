@@ -1,0 +1,51 @@
+"""Helpers for attachment tests: what the emulator answered, holds, and what the warehouse loaded."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from connector.emulator.server import Emulator
+from tests.synctools import Warehouse, readable
+
+Listing = tuple[str, str, str]  # company, connection, customer
+LOST_ANSWERS = {"reset", "truncate", "invalid_json"}  # faults whose logged answer never reaches the client
+
+
+def listings(emulator: Emulator, status: int | None = 200) -> list[Listing]:
+    """The attachment listings whose answer reached the client, in the order the emulator logged them."""
+    out = []
+    for entry in emulator.request_log:
+        if entry["operation"] != "list-customer-attachments" or entry["fault"] in LOST_ANSWERS:
+            continue
+        if status is None or entry["status"] == status:
+            parts = [unquote(p) for p in entry["path"].strip("/").split("/")]
+            out.append((parts[1], parts[3], parts[6]))
+    return out
+
+
+def every_listing(emulator: Emulator) -> set[Listing]:
+    """One listing per customer and accounting connection of every company a sync can read."""
+    return {
+        (company.id, connection.id, customer_id)
+        for company in readable(emulator)
+        for connection in company.accounting_connections
+        for customer_id in company.customers
+    }
+
+
+def attachment_rows(emulator: Emulator, only: set[Listing] | None = None) -> list[tuple[str, str, str, str]]:
+    """The emulator's attachment keys, for all listings or only some."""
+    rows = []
+    for company in readable(emulator):
+        accounting = {c.id for c in company.accounting_connections}
+        for (connection_id, customer_id), items in company.attachments.items():
+            listing = (company.id, connection_id, customer_id)
+            if connection_id in accounting and (only is None or listing in only):
+                rows += [(company.id, connection_id, customer_id, a.id) for a in items]
+    return sorted(rows)
+
+
+def loaded(warehouse: Warehouse) -> list[tuple[str, str, str, str]]:
+    return sorted(
+        warehouse.rows("SELECT company_id, connection_id, customer_id, id FROM codat.customer_attachments")
+    )

@@ -1,0 +1,182 @@
+"""Pacing to Codat's limits: the rate gate alone, then the client against the emulator's real limits."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from connector.client import CodatApiError, CodatClient
+from connector.emulator.server import Emulator
+from connector.pacing import RateGate, retry_after_seconds
+from tests.conftest import API_KEY
+from tests.synctools import Warehouse, readable
+
+
+class FakeTime:
+    """A clock that only moves when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def most_in_any_window(times: list[float], window: float) -> int:
+    """The largest number of times within any closed interval of `window` seconds."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] < t - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+@pytest.mark.parametrize(("limit", "window"), [(10, 6.0), (1000, 60.0), (2, 1.0)], ids=str)
+def test_no_window_of_the_length_plus_jitter_holds_more_than_the_limit(limit: int, window: float) -> None:
+    fake = FakeTime()
+    gate = RateGate(limit, window, jitter=0.25, clock=fake.clock, sleep=fake.sleep)
+    sent = []
+    for _ in range(3 * limit):
+        gate.wait()
+        sent.append(fake.now)
+
+    assert limit - 1 <= most_in_any_window(sent, window + 0.25) <= limit  # tight, up to float rounding
+    assert sent[-1] - sent[0] == pytest.approx((3 * limit - 1) * (window + 0.25) / (limit - 1))
+
+
+def test_a_new_gate_right_after_another_keeps_the_bound_across_both() -> None:
+    fake = FakeTime()
+    sent = []
+    for _ in range(2):  # two runs of one process, back to back
+        gate = RateGate(10, 6.0, jitter=0.25, clock=fake.clock, sleep=fake.sleep)
+        for _ in range(25):
+            gate.wait()
+            sent.append(fake.now)
+
+    assert most_in_any_window(sent, 6.25) <= 10
+
+
+def test_idle_time_is_not_saved_up_for_a_burst() -> None:
+    fake = FakeTime()
+    gate = RateGate(10, 6.0, jitter=0.25, clock=fake.clock, sleep=fake.sleep)
+    gate.wait()
+    fake.now += 3600  # an hour without requests
+    sent = []
+    for _ in range(30):
+        gate.wait()
+        sent.append(fake.now)
+
+    assert most_in_any_window(sent, 6.25) <= 10
+
+
+@pytest.mark.parametrize(("limit", "window"), [(1, 60.0), (10, 0.0)], ids=str)
+def test_a_gate_that_cannot_pace_is_refused(limit: int, window: float) -> None:
+    with pytest.raises(ValueError, match="requests_per_minute"):
+        RateGate(limit, window)
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    assert retry_after_seconds("120") == 120.0
+    assert retry_after_seconds(" 0 ") == 0.0
+    later = format_datetime(datetime.now(UTC) + timedelta(hours=2), usegmt=True)
+    assert retry_after_seconds(later) == pytest.approx(7200, abs=5)
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds(None) is None
+
+
+# -- against the emulator ----------------------------------------------------------------------
+
+
+def statuses(emulator: Emulator) -> Counter[int]:
+    return Counter(e["status"] for e in emulator.request_log)
+
+
+def test_pacing_keeps_a_rate_limited_emulator_at_zero_429s(
+    emulator: Emulator, base_url: str, tmp_path
+) -> None:
+    emulator.reset(7, 3, 90)
+    emulator.latency = 0.005
+    emulator.limiter.per_minute_limit, emulator.limiter.window_seconds = 30, 2.0
+    unpaced = Warehouse(tmp_path, base_url, name="unpaced")
+    unpaced.sync(requests_per_minute=None)
+    assert statuses(emulator)[429] > 0, (
+        "the emulator's per-minute limit must bind for this test to mean anything"
+    )
+    total = sum(statuses(emulator).values()) - statuses(emulator)[429]
+    emulator.reset()
+    emulator.clear_log()
+
+    summary = Warehouse(tmp_path, base_url, name="paced").sync(requests_per_minute=30, rate_window=2.0)
+
+    assert summary.ok
+    assert statuses(emulator) == {200: total}
+    assert summary.attachments == sum(
+        len(items)
+        for c in readable(emulator)
+        for (conn, _), items in c.attachments.items()
+        if conn in {x.id for x in c.accounting_connections}
+    )
+
+
+def test_requests_in_flight_per_company_stay_within_the_emulator_limit(
+    emulator: Emulator, base_url: str, tmp_path
+) -> None:
+    emulator.latency = 0.01
+    emulator.limiter.max_concurrent = 2
+    Warehouse(tmp_path, base_url, name="three").sync(attachment_concurrency=3)
+    assert statuses(emulator)[429] > 0, (
+        "three in flight must exceed the emulator's two for this test to mean anything"
+    )
+    emulator.reset()
+    emulator.limiter.max_concurrent = 3
+    emulator.clear_log()
+
+    summary = Warehouse(tmp_path, base_url, name="within").sync(attachment_concurrency=3)
+
+    assert summary.ok
+    assert statuses(emulator)[429] == 0
+
+
+def test_the_client_reads_the_daily_quota_left_from_every_answer(emulator: Emulator, base_url: str) -> None:
+    emulator.limiter.daily_limit = 50
+    client = CodatClient(API_KEY, base_url=base_url)
+    company = readable(emulator)[0]
+
+    client.get_company(company.id)
+    client.data_status(company.id)
+    client.get_company(company.id)
+
+    assert client.pacer.quota.remaining == 50 - 3
+    assert client.pacer.quota.spent_for is None
+
+
+def test_a_429_asking_for_hours_is_final_at_once(emulator: Emulator, base_url: str) -> None:
+    company = readable(emulator)[0]
+    emulator.add_fault("429", count=5, retry_after="7200", match=f"/companies/{company.id}")
+    client = CodatClient(API_KEY, base_url=base_url, backoff_factor=0.01, max_retry_wait=60)
+
+    with pytest.raises(CodatApiError) as failure:
+        client.get_company(company.id)
+
+    assert (failure.value.status, failure.value.retry_after) == (429, 7200)
+    assert client.quota_spent(failure.value)
+    assert client.pacer.quota.spent_for == 7200
+    assert len(emulator.request_log) == 1
+
+
+def test_a_429_asking_for_seconds_is_retried(emulator: Emulator, base_url: str) -> None:
+    company = readable(emulator)[0]
+    emulator.add_fault("429", count=2, retry_after="0", match=f"/companies/{company.id}")
+    client = CodatClient(API_KEY, base_url=base_url, backoff_factor=0.01, max_retry_wait=60)
+
+    assert client.get_company(company.id)["id"] == company.id
+    assert [e["status"] for e in emulator.request_log] == [429, 429, 200]
+    assert client.pacer.quota.spent_for is None
