@@ -48,6 +48,7 @@ class SyncSummary:
     load_id: str | None
     views: list[str] = field(default_factory=list)
     status_rows: list[dict[str, Any]] = field(default_factory=list)
+    steps: dict[str, float] = field(default_factory=dict)  # seconds of extract, normalize, load
 
     @property
     def ok(self) -> bool:
@@ -62,12 +63,28 @@ class SyncSummary:
             f"{self.customers_deleted} deleted",
             f"attachments: {self.attachments} listed, {self.files} files downloaded",
             f"requests spent: {self.requests}",
-            f"time: {self.seconds:.1f} s",
+            f"time: {self.seconds:.1f} s" + _step_text(self.steps),
         ]
         for row in self.status_rows:
             if row["status"] == FAILED:
                 lines.append(f"FAILED {row['company_id']}: {row['error']}")
         return lines
+
+
+def _step_text(steps: dict[str, float]) -> str:
+    return f" ({', '.join(f'{name} {secs:.1f} s' for name, secs in steps.items())})" if steps else ""
+
+
+def step_seconds(pipeline: dlt.Pipeline) -> dict[str, float]:
+    """Seconds of each step (extract, normalize, load) of the pipeline's last run."""
+    trace = pipeline.last_trace
+    if trace is None:
+        return {}
+    return {
+        str(step.step): (step.finished_at - step.started_at).total_seconds()
+        for step in trace.steps
+        if step.step in ("extract", "normalize", "load") and step.finished_at is not None
+    }
 
 
 def count_customers(pipeline: dlt.Pipeline) -> int:
@@ -140,6 +157,7 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
         run_options["refresh"] = "drop_sources"
     info: LoadInfo = pipeline.run(source, **run_options)
     load_id = info.loads_ids[-1] if info.loads_ids else None
+    steps = step_seconds(pipeline)
     after = count_customers(pipeline)
     prune_child_rows(pipeline)
     views = create_views(pipeline)
@@ -166,4 +184,5 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
         load_id=load_id,
         views=views,
         status_rows=status_rows,
+        steps=steps,
     )

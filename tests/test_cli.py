@@ -21,7 +21,7 @@ from tests.conftest import API_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 DB_NAME = "warehouse.duckdb"
-TIME_LINE = re.compile(r"^time: \d+\.\d s$")
+TIME_LINE = re.compile(r"^time: \d+\.\d s \(extract \d+\.\d s, normalize \d+\.\d s, load \d+\.\d s\)$")
 DEMO_SECTIONS = (
     "== Run 1: first sync",
     "== Changes in the emulator",

@@ -45,6 +45,7 @@ def load(engine: str, base_url: str, database: Path, pipelines_dir: Path) -> dic
             customers_new=summary.customers_new,
             customers_updated=summary.customers_updated,
             failed_companies=len(summary.failed),
+            steps={name: round(seconds, 3) for name, seconds in summary.steps.items()},
         )
     else:
         pipeline.run(codat_rest_api_source(API_KEY, base_url))
