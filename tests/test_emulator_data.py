@@ -6,7 +6,6 @@ import dataclasses
 import json
 import random
 import re
-import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,10 +121,9 @@ def test_split_gives_everyone_one_when_it_can():
     assert split_customers(0, 0) == []
 
 
-def test_300k_customers_generate_within_5_seconds():
-    started = time.perf_counter()
+def test_a_large_account_holds_exactly_the_customers_asked_for():
+    # Generation time is a benchmark figure (`make bench`), not a test: machines are noisy.
     account = generate_account(1, 3, 100_000)
-    assert time.perf_counter() - started < 5.0
     assert sum(len(c.customers) for c in account) == 100_000
 
 

@@ -20,6 +20,7 @@ from tests.test_emulator_query import (
     Sample,
     dates,
     evaluate,
+    queries,
     reference_key,
     render,
     render_date,
@@ -187,11 +188,32 @@ def test_bisected_selection_agrees_with_select_and_the_reference(data, path, des
     assert [view.encoded[i] for i in positions] == [encode(s.record) for s in matches]
 
 
+@pytest.mark.parametrize("descending", [False, True], ids=["ascending", "descending"])
+@pytest.mark.parametrize("op", RANGE_OPS)
+@pytest.mark.parametrize("path", DATE_FIELDS)
+def test_bisected_selection_at_the_pools_largest_tie_group(path, op, descending):
+    """Every operator at the instant most records share: the bound splits no tie group."""
+    population = [Sample(r, {f: reference_instant(r.get(f)) for f in DATE_FIELDS}) for r in POOL]
+    instants = [s.instants[path] for s in population if s.instants[path] is not None]
+    tied = max(set(instants) - {min(instants)}, key=instants.count)  # so that `<` selects some
+    assert instants.count(tied) >= 2  # a tie group to split, if the bisection were off by one
+    assert len(instants) < len(population) or path == "modifiedDate"  # nulls in sourceModifiedDate
+    node = Cmp(path, op, render_date(tied, "offset", -300, 0)[0], tied, "")
+    order_by = ("-" if descending else "") + path
+    view = build_view(POOL, order_by, encode)
+
+    positions = view.select(render(node))
+
+    assert isinstance(positions, range)
+    matches = [s.record["id"] for s in reference_order(population, path, descending) if evaluate(node, s)]
+    assert matches  # every operator selects something here
+    assert [view.records[i]["id"] for i in positions] == matches
+    assert matches == [r["id"] for r in select(POOL, "customers", render(node), order_by)]
+
+
 @settings(max_examples=150, deadline=None)
 @given(data=st.data(), order_by=st.sampled_from(["modifiedDate", "-modifiedDate", "id", None]))
 def test_other_queries_filter_the_view_as_select_does(data, order_by):
-    from tests.test_emulator_query import queries
-
     population = data.draw(populations())
     query = render(data.draw(queries))
     records = [s.record for s in population]
