@@ -26,6 +26,7 @@ STATUS_COLUMNS: TTableSchemaColumns = {
     "error": {"data_type": "text"},
     "correlation_id": {"data_type": "text"},
     "notes": {"data_type": "text"},
+    "deferral_reason": {"data_type": "text"},
     "requests": {"data_type": "bigint"},
     "run_started_at": {"data_type": "timestamp"},
     "load_id": {"data_type": "text"},

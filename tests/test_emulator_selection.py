@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from connector.emulator.data import generate_account
 from connector.emulator.query import InstantRange, QueryError, instant_range
 from connector.emulator.selection import build_view, select
+from connector.emulator.store import LOG_FLOOR, WARM_ORDER, Sizing, Store
 from tests.conftest import CodatSession, assert_error, customers_path
 from tests.test_emulator_query import (
     Cmp,
@@ -228,6 +229,97 @@ def test_every_record_without_a_query_in_view_order():
     assert [r["id"] for r in view.records] == sorted(r["id"] for r in POOL)
 
 
+# -- views kept up to date by merging changes in ---------------------------------------------
+
+MERGED_ORDERS = ["modifiedDate", "-modifiedDate", None, "sourceModifiedDate", "-customerName"]
+
+
+def assert_view_is_fresh(store, company, order_by):
+    """The store's view equals one sorted afresh, and orders ids as `select` does."""
+    view = store.view(company, order_by)
+    records = list(company.customers.values())
+    fresh = build_view(records, order_by, encode)
+    assert [r["id"] for r in view.records] == [r["id"] for r in select(records, "customers", None, order_by)]
+    assert view.records == fresh.records, order_by
+    assert view.encoded == fresh.encoded == [encode(r) for r in view.records], order_by
+    assert view.instants == fresh.instants, order_by
+    assert view.keys == fresh.keys, order_by
+
+
+@st.composite
+def changes(draw, company_ids):
+    """One change of a company's customers, as a sync, a push or an odd record would make it."""
+    kind = draw(st.sampled_from(["modify", "delete", "add", "restamp", "odd"]))
+    stamp = draw(st.one_of(st.none(), dates.map(lambda rendered: rendered[0])))
+    if kind == "odd":  # null, missing or junk dates and names, for an existing id or a new one
+        sample = draw(samples())
+        return kind, {**sample.record, "id": draw(st.sampled_from([*company_ids, "odd-new"]))}
+    return kind, (draw(st.integers(1, 12)), stamp)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), seed=st.integers(0, 3))
+def test_views_after_random_changes_equal_fresh_ones(data, seed):
+    store = Store(Sizing(seed, 1, 60))
+    company = next(iter(store.companies.values()))
+    for order_by in MERGED_ORDERS:
+        store.view(company, order_by)
+    full_builds = store.full_builds
+    for _ in range(data.draw(st.integers(1, 8))):
+        kind, change = data.draw(changes(sorted(company.customers)))
+        if kind == "odd":
+            store.put_customer(company, change)
+        else:
+            count, stamp = change
+            store.mutate(company.id, kind, count=count, timestamp=stamp)
+        for order_by in data.draw(st.lists(st.sampled_from(MERGED_ORDERS), max_size=3)):
+            assert_view_is_fresh(store, company, order_by)
+    for order_by in MERGED_ORDERS:
+        assert_view_is_fresh(store, company, order_by)
+    assert store.full_builds == full_builds  # every view was merged, none sorted again
+
+
+def test_reset_warms_the_connectors_order_and_a_change_is_merged_in():
+    store = Store(Sizing(7, 3, 300))
+    assert store.full_builds == 3  # one `modifiedDate` view per company, built by `reset`
+    company = next(iter(store.companies.values()))
+    warmed = store.view(company, WARM_ORDER)
+    served = (list(warmed.records), list(warmed.encoded), list(warmed.keys))
+    assert store.full_builds == 3
+    store.mutate(company.id, "modify", count=5, timestamp="2030-01-01T00:00:00Z")
+    merged = store.view(company, WARM_ORDER)
+    assert (store.full_builds, store.merged_builds) == (3, 1)
+    assert (warmed.records, warmed.encoded, warmed.keys) == served  # a served view never changes
+    assert [r["modifiedDate"] for r in merged.records[-5:]] == ["2030-01-01T00:00:00Z"] * 5
+    assert store.view(company, WARM_ORDER) is merged  # cached until the next change
+    assert_view_is_fresh(store, company, WARM_ORDER)
+
+
+def test_more_changes_than_the_log_holds_sort_the_company_again():
+    store = Store(Sizing(7, 1, LOG_FLOOR + 50))
+    company = next(iter(store.companies.values()))
+    store.mutate(company.id, "restamp", timestamp=FAR_FUTURE)  # one change per customer
+    assert_view_is_fresh(store, company, WARM_ORDER)
+    assert (store.full_builds, store.merged_builds) == (2, 0)
+    store.mutate(company.id, "add", count=3)  # the log starts again from the new view
+    assert_view_is_fresh(store, company, WARM_ORDER)
+    assert (store.full_builds, store.merged_builds) == (2, 1)
+
+
+def test_a_write_through_a_company_replaced_by_reset_is_not_merged_in():
+    store = Store(Sizing(7, 1, 80))
+    stale = next(iter(store.companies.values()))
+    store.reset(Sizing(7, 1, 80))
+    company = store.companies[stale.id]
+    assert company is not stale
+    customer_id = next(iter(stale.customers))
+    store.put_customer(stale, {**stale.customers[customer_id], "modifiedDate": FAR_FUTURE})
+    assert company.customers[customer_id]["modifiedDate"] != FAR_FUTURE
+    assert_view_is_fresh(store, company, WARM_ORDER)
+    store.mutate(company.id, "modify", count=4)
+    assert_view_is_fresh(store, company, WARM_ORDER)
+
+
 # -- over HTTP: seek pages, and every kind of change ------------------------------------------
 
 
@@ -332,3 +424,20 @@ def test_pages_served_during_changes_end_consistent(base_url, emulator):
         assert emulator.mutator.changes > 0
         served = seek_page(codat, company_id, "modifiedDate>=2019-01-01")["results"]
     assert {r["id"]: r for r in served} == emulator.store.companies[company_id].customers
+
+
+@pytest.mark.parametrize("order_by", ["modifiedDate", "-modifiedDate"], ids=["ascending", "descending"])
+def test_a_page_after_changes_is_what_select_computes(codat, emulator, order_by):
+    company = next(iter(emulator.store.companies.values()))
+    query = "modifiedDate>=2019-01-01"
+    params = {"query": query, "orderBy": order_by, "pageSize": 5000}
+    assert codat.get(customers_path(company.id), params=params).status_code == 200  # a cached view
+    full_builds = emulator.store.full_builds
+    emulator.store.mutate(company.id, "modify", count=7, timestamp="2019-06-01T12:00:00+01:00")
+    emulator.store.mutate(company.id, "add", count=3)
+    emulator.store.mutate(company.id, "delete", count=2)
+    response = codat.get(customers_path(company.id), params=params)
+    assert response.status_code == 200, response.text
+    expected = select(list(company.customers.values()), "customers", query, order_by)
+    assert response.json()["results"] == expected
+    assert emulator.store.full_builds == full_builds

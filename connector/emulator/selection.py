@@ -6,7 +6,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
+from functools import cmp_to_key, lru_cache
 from typing import Any
 
 from connector.emulator.model import Json, gc_paused
@@ -27,6 +27,8 @@ SCHEMAS: dict[str, tuple[Schema, str]] = {
     "companies": (COMPANY_SCHEMA, "Company"),
     "connections": (CONNECTION_SCHEMA, "Connection"),
 }
+# A view position's sort key: the `orderBy` key (`()` without `orderBy`), then the id.
+ViewKey = tuple[Any, str]
 
 
 @lru_cache(maxsize=256)
@@ -79,7 +81,8 @@ class SortedView:
 
     `encoded` holds each record's JSON at the record's position. When the order field is a
     datetime, `instants` holds its non-null values in ascending order: a query that only bounds
-    that field then selects one contiguous run of the view, found by bisection.
+    that field then selects one contiguous run of the view, found by bisection. `keys` holds
+    each position's `ViewKey`, so that a change can be merged in without sorting again.
     """
 
     records: list[Json]
@@ -87,6 +90,7 @@ class SortedView:
     order_path: str | None
     descending: bool
     instants: list[datetime] | None
+    keys: list[ViewKey]
 
     def select(self, query: str | None) -> Sequence[int]:
         """The positions of the records `query` selects, in order (a `range` when bisected).
@@ -136,15 +140,120 @@ def build_view(records: list[Json], order_by: str | None, encode: Callable[[Json
         QueryError: `order_by` is not a valid `orderBy` for customers.
     """
     with gc_paused():
-        ordered, keys = order_records(records, "customers", order_by)
+        ordered, order_keys = order_records(records, "customers", order_by)
         encoded = [encode(record) for record in ordered]
-    if not order_by or keys is None:
-        return SortedView(ordered, encoded, None, False, None)
+        ids = [str(record.get("id")) for record in ordered]
+        keys = list(zip(order_keys if order_keys is not None else [()] * len(ids), ids, strict=True))
+    return _view(ordered, encoded, keys, order_by)
+
+
+def update_view(
+    view: SortedView,
+    order_by: str | None,
+    changes: Sequence[tuple[Json | None, Json]],
+    encode: Callable[[Json], bytes],
+) -> SortedView | None:
+    """Merge changed customers into a view, as `build_view` would order them, without sorting it.
+
+    Costs O(n + k log n) for k changes: the k records are sorted, placed by bisection, and the
+    view's lists are rebuilt from slices. The given view is left as it is.
+
+    Args:
+        view: A view built by `build_view` (or this function) for `order_by`.
+        changes: Per changed customer, its record in `view` (None if it was added since) and
+            its record now.
+        order_by: The `orderBy` text the view was built for, or None.
+        encode: A record's JSON bytes.
+
+    Returns:
+        The new view, or None if a record said to be in `view` is not there.
+    """
+    composite = _view_key(order_by)
+    position = _bisector(view.keys, view.descending)
+    drops = []
+    for old, _ in changes:
+        if old is not None:
+            key = composite(old)
+            at = position(key)
+            if at == len(view.keys) or view.keys[at] != key or view.records[at] is not old:
+                return None
+            drops.append(at)
+    fresh = sorted(((composite(new), new) for _, new in changes), key=_sort_key(view.descending))
+    with gc_paused():
+        plan = _plan(sorted(drops), [position(key) for key, _ in fresh])
+        records = _splice(view.records, plan, [new for _, new in fresh])
+        encoded = _splice(view.encoded, plan, [encode(new) for _, new in fresh])
+        keys = _splice(view.keys, plan, [key for key, _ in fresh])
+    return _view(records, encoded, keys, order_by)
+
+
+def _view(records: list[Json], encoded: list[bytes], keys: list[ViewKey], order_by: str | None) -> SortedView:
+    if not order_by:
+        return SortedView(records, encoded, None, False, None, keys)
     schema, type_name = SCHEMAS["customers"]
     path, field_type, descending = parse_order(order_by, schema, type_name)
     instants = None
-    if field_type == "datetime":  # keys are (1, instant), or (0,) for a null
-        instants = [k[1] for k in keys if k[0]]
+    if field_type == "datetime":  # order keys are (1, instant), or (0,) for a null
+        instants = [k[0][1] for k in keys if k[0][0]]
         if descending:
             instants.reverse()
-    return SortedView(ordered, encoded, path, descending, instants)
+    return SortedView(records, encoded, path, descending, instants, keys)
+
+
+def _view_key(order_by: str | None) -> Callable[[Json], ViewKey]:
+    if not order_by:
+        return lambda record: ((), str(record.get("id")))
+    key = cached_order(order_by, "customers")[0]
+    return lambda record: (key(record), str(record.get("id")))
+
+
+def _compare_descending(a: ViewKey, b: ViewKey) -> int:
+    """View order for a descending `orderBy`: the order key descending, ties by id ascending."""
+    if a[0] == b[0]:
+        return (a[1] > b[1]) - (a[1] < b[1])
+    return -1 if b[0] < a[0] else 1
+
+
+_DESCENDING = cmp_to_key(_compare_descending)
+
+
+def _sort_key(descending: bool) -> Callable[[tuple[ViewKey, Json]], Any]:
+    if descending:
+        return lambda item: _DESCENDING(item[0])
+    return lambda item: item[0]
+
+
+def _bisector(keys: list[ViewKey], descending: bool) -> Callable[[ViewKey], int]:
+    """Where a key belongs in a view's keys: the position of the first key not before it."""
+    if descending:
+        return lambda key: bisect_left(keys, _DESCENDING(key), key=_DESCENDING)
+    return lambda key: bisect_left(keys, key)
+
+
+# A splice plan step: copy old[start:stop], then the new item at `fresh` (-1 for none).
+_Step = tuple[int, int, int]
+
+
+def _plan(drops: list[int], inserts: list[int]) -> list[_Step]:
+    """Steps that drop old positions and insert new items before old positions (both ascending)."""
+    steps: list[_Step] = []
+    cursor, d, i = 0, 0, 0
+    while d < len(drops) or i < len(inserts):
+        if i < len(inserts) and (d == len(drops) or inserts[i] <= drops[d]):
+            stop = max(cursor, inserts[i])
+            steps.append((cursor, stop, i))
+            cursor, i = stop, i + 1
+        else:
+            steps.append((cursor, drops[d], -1))
+            cursor, d = drops[d] + 1, d + 1
+    steps.append((cursor, -1, -1))
+    return steps
+
+
+def _splice(old: list[Any], plan: list[_Step], fresh: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for start, stop, item in plan:
+        out.extend(old[start:stop] if stop >= 0 else old[start:])
+        if item >= 0:
+            out.append(fresh[item])
+    return out

@@ -12,11 +12,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from connector.emulator.data import generate_account, new_customer
-from connector.emulator.model import STATUS_COMPLETE, Company, Json
-from connector.emulator.selection import SortedView, build_view
+from connector.emulator.model import STATUS_COMPLETE, Company, Json, gc_paused
+from connector.emulator.selection import SortedView, build_view, update_view
 
 MUTATE_ACTIONS = ("modify", "delete", "add", "restamp")
 MAX_VIEWS = 256
+# The order the connector reads in, whose views `reset` builds before the first request.
+WARM_ORDER = "modifiedDate"
+# A company's change log is dropped (its next views are sorted afresh) beyond this many changes,
+# 5% of its customers but at least LOG_FLOOR and at most LOG_CEILING.
+LOG_FLOOR = 1_000
+LOG_CEILING = 50_000
 # From this size on, `reset` collects garbage once itself, so that the collector's first passes
 # over millions of new objects (seconds) do not land on a later request instead.
 COLLECT_AFTER_CUSTOMERS = 20_000
@@ -43,7 +49,9 @@ class Store:
 
     Each customer's JSON encoding is cached, and each company's customers are kept sorted per
     `orderBy` (`SortedView`) until they change, so a 5000-record page is a bisection and a join
-    of bytes. Every write of a customer goes through `put_customer`, which drops both.
+    of bytes. Every write of a customer goes through `put_customer`, which drops the encoding
+    and logs the change, so that a view is brought up to date by merging in the changed records
+    (`update_view`) rather than by sorting the company again.
     """
 
     sizing: Sizing = field(default_factory=Sizing)
@@ -54,6 +62,11 @@ class Store:
     _views: dict[tuple[str, str], tuple[tuple[int, int], SortedView]] = field(default_factory=dict)
     _versions: dict[str, int] = field(default_factory=dict)  # company id -> changes so far
     _epoch: int = 0  # resets so far
+    # company id -> (version, record before or None, record after), from just after the oldest
+    # cached view of the company; kept only while the company has cached views.
+    _changes: dict[str, list[tuple[int, Json | None, Json]]] = field(default_factory=dict)
+    full_builds: int = 0  # views sorted from scratch
+    merged_builds: int = 0  # views brought up to date by `update_view`
     _rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
@@ -68,9 +81,13 @@ class Store:
             self._encoded.clear()
             self._views.clear()
             self._versions.clear()
+            self._changes.clear()
             self._epoch += 1
             self.platform_changed.clear()
             self._rng = random.Random(sizing.seed ^ 0x5EED)
+        with gc_paused():  # one pause for every company, not one collection after each
+            for company in account[:MAX_VIEWS]:
+                self.view(company, WARM_ORDER)
         if sizing.customers >= COLLECT_AFTER_CUSTOMERS:
             gc.collect()
 
@@ -99,37 +116,93 @@ class Store:
         return encoded
 
     def put_customer(self, company: Company, record: Json) -> None:
-        """Insert or replace a customer, dropping its cached encoding and the company's views."""
+        """Insert or replace a customer, dropping its cached encoding and logging the change."""
+        customer_id = str(record["id"])
         with self.lock:
-            company.customers[str(record["id"])] = record
-            self._encoded.pop((company.id, str(record["id"])), None)
-            self._versions[company.id] = self._versions.get(company.id, 0) + 1
+            before = company.customers.get(customer_id)
+            company.customers[customer_id] = record
+            self._encoded.pop((company.id, customer_id), None)
+            version = self._versions.get(company.id, 0) + 1
+            self._versions[company.id] = version
+            log = self._changes.get(company.id)
+            if log is None:
+                return
+            cap = min(LOG_CEILING, max(LOG_FLOOR, len(company.customers) // 20))
+            if self.companies.get(company.id) is not company or len(log) >= cap:
+                del self._changes[company.id]  # a gap: the company's next views are sorted afresh
+            else:
+                log.append((version, before, record))
 
     def view(self, company: Company, order_by: str | None) -> SortedView:
-        """The company's customers sorted by `order_by`, sorted again only after they change.
+        """The company's customers sorted by `order_by`, kept up to date as they change.
 
-        Sorting runs outside the lock, on a snapshot; the view is kept only if the company is
-        still the account's and none of its customers changed meanwhile.
+        A cached view that the company's change log covers is updated by merging in the
+        changed records; otherwise the customers are sorted afresh. Both run outside the lock
+        (on a snapshot, into new lists: published views are never changed), and the result is
+        kept only if the company is still the account's and none of its customers changed
+        meanwhile.
 
         Raises:
             QueryError: `order_by` is not a valid `orderBy` for customers.
         """
         cache_key = (company.id, order_by or "")
+
+        def encode(record: Json) -> bytes:
+            return self.encoded_customer(company.id, record)
+
         with self.lock:
             current = self.companies.get(company.id) is company
             stamp = (self._epoch, self._versions.get(company.id, 0))
             cached = self._views.get(cache_key)
             if current and cached is not None and cached[0] == stamp:
                 return cached[1]
-            records = list(company.customers.values())
-        view = build_view(records, order_by, lambda record: self.encoded_customer(company.id, record))
+            changes = self._changes_since(company.id, cached[0]) if current and cached else None
+            records = list(company.customers.values()) if changes is None else None
+        view = update_view(cached[1], order_by, changes, encode) if cached and changes else None
+        if view is None:
+            if records is None:  # an empty gap, or a logged record missing from its view
+                with self.lock:
+                    current = self.companies.get(company.id) is company
+                    stamp = (self._epoch, self._versions.get(company.id, 0))
+                    records = list(company.customers.values())
+            view = build_view(records, order_by, encode)
         with self.lock:
+            if records is None:
+                self.merged_builds += 1
+            else:
+                self.full_builds += 1
             if current and stamp == (self._epoch, self._versions.get(company.id, 0)):
-                self._views.pop(cache_key, None)  # re-inserted last: the oldest view goes first
-                self._views[cache_key] = (stamp, view)
-                while len(self._views) > MAX_VIEWS:
-                    del self._views[next(iter(self._views))]
+                self._publish(cache_key, stamp, view)
         return view
+
+    def _changes_since(
+        self, company_id: str, built: tuple[int, int]
+    ) -> list[tuple[Json | None, Json]] | None:
+        """Per customer changed since a view's stamp, its record then and now; None if unknown."""
+        log = self._changes.get(company_id)
+        version = self._versions.get(company_id, 0)
+        if built[0] != self._epoch or not log or log[0][0] > built[1] + 1 or log[-1][0] != version:
+            return None
+        net: dict[str, tuple[Json | None, Json]] = {}
+        for _, before, after in log[built[1] + 1 - log[0][0] :]:
+            customer_id = str(after["id"])
+            net[customer_id] = (net[customer_id][0] if customer_id in net else before, after)
+        return list(net.values())
+
+    def _publish(self, cache_key: tuple[str, str], stamp: tuple[int, int], view: SortedView) -> None:
+        """Cache a view (the oldest view goes first) and trim the change logs it no longer needs."""
+        self._views.pop(cache_key, None)
+        self._views[cache_key] = (stamp, view)
+        while len(self._views) > MAX_VIEWS:
+            evicted = next(iter(self._views))
+            del self._views[evicted]
+            if not any(key[0] == evicted[0] for key in self._views):
+                self._changes.pop(evicted[0], None)
+        company_id = cache_key[0]
+        log = self._changes.setdefault(company_id, [])
+        oldest = min(built[1] for key, (built, _) in self._views.items() if key[0] == company_id)
+        if log:
+            del log[: max(0, oldest + 1 - log[0][0])]
 
     def mark_synced(self, company: Company, stamp: str) -> None:
         """Record a simulated Codat sync of the company's customers at `stamp`."""
