@@ -219,7 +219,7 @@ class AttachmentSync:
                 if self._stopped:
                     return
         except CodatApiError as exc:
-            self._span_failed(company_id, stream, exc)
+            self._span_failed(company_id, exc)
             return
         except (RepeatedPageError, ValueError) as exc:
             self._note(company_id, f"attachments left for the next run: {exc}")
@@ -228,16 +228,11 @@ class AttachmentSync:
             stream.finish()
             self._save(company_id)
 
-    def _span_failed(self, company_id: str, stream: Stream, exc: CodatApiError) -> None:
+    def _span_failed(self, company_id: str, exc: CodatApiError) -> None:
+        # The span stays as far as it was read, whatever the error: a few bytes of state.
         logger.warning("Customers left by an earlier run of company %s: %s", company_id, exc)
         if self.client.quota_spent(exc):
             self._stop(f"daily quota spent (Retry-After {exc.retry_after:.0f} s)")
-        elif exc.status in (403, 404):  # the company is gone: nothing left to list
-            with self._lock:
-                stream.source, stream.unread = None, None
-                self._save(company_id)
-            self._note(company_id, f"attachments left by an earlier run dropped: {exc}")
-            return
         self._note(company_id, f"attachments left for the next run: {exc}")
 
     # -- running tasks ---------------------------------------------------------------------
