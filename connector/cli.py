@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--files-url", help="folder or fsspec URL for files (default: codat_files)")
     parser.add_argument("--no-attachments", action="store_true", help="skip attachment metadata")
     parser.add_argument("--request-budget", type=int, help="requests this run may spend")
+    parser.add_argument(
+        "--requests-per-minute", type=int, help="pace requests to this many a minute (default: 1000)"
+    )
     parser.add_argument("--hard-delete", action="store_true", help="remove deleted customers")
     parser.add_argument("--quiet", action="store_true", help="no progress display (on stderr)")
     return parser.parse_args(argv)
@@ -58,7 +61,7 @@ def source_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.companies:
         options["company_ids"] = [c.strip() for c in args.companies.split(",") if c.strip()]
-    for name in ("company_query", "since", "until", "request_budget", "files_url"):
+    for name in ("company_query", "since", "until", "request_budget", "requests_per_minute", "files_url"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     if args.files:

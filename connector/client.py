@@ -184,6 +184,7 @@ class CodatClient:
         timeout: Seconds to wait for an answer.
         requests_per_minute: Requests allowed in any `rate_window` seconds; None for no pacing.
         rate_window: The length of that window in seconds (Codat: 60).
+        rate_burst: Requests the token bucket lets go at once; None: a tenth of the limit.
         in_flight_per_company: Requests in flight per company, 1 to 10.
     """
 
@@ -198,6 +199,7 @@ class CodatClient:
         requests_per_minute: int | None = DEFAULT_REQUESTS_PER_MINUTE,
         rate_window: float = DEFAULT_RATE_WINDOW,
         in_flight_per_company: int = DEFAULT_IN_FLIGHT_PER_COMPANY,
+        rate_burst: int | None = None,
     ) -> None:
         if not api_key:
             raise ValueError(
@@ -207,7 +209,7 @@ class CodatClient:
         self.requests = RequestCounter()
         self.base_url = base_url.rstrip("/")
         self.max_retry_wait = max_retry_wait
-        self.pacer = Pacer(requests_per_minute, rate_window, in_flight_per_company)
+        self.pacer = Pacer(requests_per_minute, rate_window, in_flight_per_company, rate_burst)
         session = Client(
             request_timeout=timeout,
             raise_for_status=False,

@@ -21,6 +21,7 @@ MAX_IN_FLIGHT_PER_COMPANY = 10  # Codat answers 429 past 10 concurrent requests 
 DEFAULT_IN_FLIGHT_PER_COMPANY = MAX_IN_FLIGHT_PER_COMPANY
 DEFAULT_MAX_RETRY_WAIT = 60.0  # a 429 asking to wait longer is final (a spent daily quota)
 DEFAULT_QUOTA_RESERVE = 100  # daily requests left alone by attachment listings, for customer pages
+RATE_BURST_DIVISOR = 10  # the token bucket holds a tenth of the per-minute limit
 SEND_JITTER = 0.25  # seconds a request may take from leaving its turn to being counted by Codat
 
 
@@ -47,34 +48,42 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 class RateGate:
-    """At most `limit` requests in any `window` seconds, whichever thread sends them.
+    """A token bucket: at most `limit` requests in any `window` seconds, whichever thread sends them.
 
-    Each request reserves the next free slot under a lock (threads are served in turn) and
-    sleeps until it. Slots are `(window + jitter) / (limit - 1)` seconds apart, the first
-    one a slot after the gate is made: any `window + jitter` seconds hold at most `limit`
-    requests, this client's previous gate included, so the server counts at most `limit`
-    in any window even when a request reaches it up to `jitter` seconds late.
+    The bucket holds `burst` requests and refills at `(limit - burst) / (window + jitter)` a
+    second, so any `window + jitter` seconds hold at most `burst + (limit - burst) = limit`
+    requests, and the server counts at most `limit` in any window even when a request reaches
+    it up to `jitter` seconds late. The burst lets a short run (one customer page per company)
+    go at once instead of a request every 60 ms; a long one runs at (limit - burst) / limit of
+    Codat's rate. Each request reserves the next free slot under a lock (threads are served in
+    turn) and sleeps until it. A gate starts full: a second run started within a window of the
+    first may exceed the limit by the burst, and Codat's `429` with its `Retry-After` covers that.
     """
 
     def __init__(
         self,
         limit: int,
         window: float = DEFAULT_RATE_WINDOW,
+        burst: int | None = None,
         jitter: float = SEND_JITTER,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if limit < 2 or not window > 0:
+        burst = default_burst(limit) if burst is None else burst
+        if limit < 2 or not window > 0 or not 1 <= burst < limit:
             raise ValueError(
-                f"requests_per_minute must be at least 2 and rate_window positive; got {limit}, {window}"
+                "requests_per_minute must be at least 2, rate_window positive and rate_burst "
+                f"between 1 and requests_per_minute - 1; got {limit}, {window}, {burst}"
             )
         self.limit = limit
         self.window = window
-        self.interval = (window + jitter) / (limit - 1)
+        self.burst = burst
+        self.interval = (window + jitter) / (limit - burst)
+        self._tolerance = (burst - 1) * self.interval
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._next = clock() + self.interval
+        self._due = clock()  # when the bucket is full again (the "theoretical arrival time")
 
     @property
     def rate(self) -> float:
@@ -85,11 +94,17 @@ class RateGate:
         """Block until this request's slot; returns the seconds waited."""
         with self._lock:
             now = self._clock()
-            slot = max(self._next, now)
-            self._next = slot + self.interval
+            due = max(self._due, now)
+            slot = max(now, due - self._tolerance)
+            self._due = due + self.interval
         if slot > now:
             self._sleep(slot - now)
         return slot - now
+
+
+def default_burst(limit: int) -> int:
+    """A tenth of the limit (100 of Codat's 1,000 a minute), at least one request."""
+    return max(1, limit // RATE_BURST_DIVISOR)
 
 
 class CompanySlots:
@@ -151,6 +166,7 @@ class Pacer:
     Args:
         requests_per_minute: Requests allowed in any `rate_window` seconds; None for no pacing.
         rate_window: The length of that window (Codat: a minute).
+        rate_burst: Requests the token bucket lets go at once; None: a tenth of the limit.
         in_flight_per_company: Requests in flight per company, 1 to 10.
     """
 
@@ -159,8 +175,9 @@ class Pacer:
         requests_per_minute: int | None = DEFAULT_REQUESTS_PER_MINUTE,
         rate_window: float = DEFAULT_RATE_WINDOW,
         in_flight_per_company: int = DEFAULT_IN_FLIGHT_PER_COMPANY,
+        rate_burst: int | None = None,
     ) -> None:
-        self.gate = RateGate(requests_per_minute, rate_window) if requests_per_minute else None
+        self.gate = RateGate(requests_per_minute, rate_window, rate_burst) if requests_per_minute else None
         self.slots = CompanySlots(in_flight_per_company)
         self.quota = QuotaWatch()
 

@@ -121,6 +121,7 @@ def codat_source(
     request_budget: int | None = None,
     requests_per_minute: int | None = DEFAULT_REQUESTS_PER_MINUTE,
     rate_window: float = DEFAULT_RATE_WINDOW,
+    rate_burst: int | None = None,
     max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
     quota_reserve: int = DEFAULT_QUOTA_RESERVE,
     download_files: bool = False,
@@ -149,6 +150,8 @@ def codat_source(
         requests_per_minute: Requests the client sends in any `rate_window` seconds, every
             company together (Codat's limit is 1,000 a minute per IP); None: unpaced.
         rate_window: The length in seconds of the window `requests_per_minute` counts over.
+        rate_burst: Requests the client's token bucket lets go at once (a short run's customer
+            pages); the long-run rate is the rest of the limit. None: a tenth of the limit.
         max_retry_wait: The longest wait before a retry; a `429` asking for longer (a spent
             daily quota) is final at once, and attachment listings stop for this run.
         quota_reserve: Attachment listings stop when Codat's daily quota has this many
@@ -178,6 +181,7 @@ def codat_source(
         max_retry_wait=max_retry_wait,
         requests_per_minute=requests_per_minute,
         rate_window=rate_window,
+        rate_burst=rate_burst,
         in_flight_per_company=attachment_concurrency,
     )
     run = ledger if ledger is not None else RunLedger()

@@ -50,6 +50,8 @@ class SyncSummary:
     views: list[str] = field(default_factory=list)
     status_rows: list[dict[str, Any]] = field(default_factory=list)
     steps: dict[str, float] = field(default_factory=dict)  # seconds of extract, normalize, load
+    attachments_deferred: int = 0
+    deferral_reasons: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -62,7 +64,8 @@ class SyncSummary:
             f"companies: {self.companies} ({len(self.failed)} failed)",
             f"customers: {self.customers_new} new, {self.customers_updated} updated, "
             f"{self.customers_deleted} deleted",
-            f"attachments: {self.attachments} listed, {self.files} files downloaded",
+            f"attachments: {self.attachments} listed, {self.files} files downloaded"
+            + _deferred_text(self.attachments_deferred, self.deferral_reasons),
             f"requests spent: {self.requests}",
             f"time: {self.seconds:.1f} s" + _step_text(self.steps),
         ]
@@ -70,6 +73,13 @@ class SyncSummary:
             if row["status"] == FAILED:
                 lines.append(f"FAILED {row['company_id']}: {row['error']}")
         return lines
+
+
+def _deferred_text(deferred: int, reasons: list[str]) -> str:
+    if not deferred:
+        return ""
+    why = f": {'; '.join(reasons)}" if reasons else ""
+    return f", {deferred} deferred to the next run{why}"
 
 
 def _step_text(steps: dict[str, float]) -> str:
@@ -180,6 +190,8 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
         customers_deleted=deleted,
         attachments=sum(r.attachments_loaded for r in runs),
         files=sum(r.files_downloaded for r in runs),
+        attachments_deferred=ledger.attachments_deferred,
+        deferral_reasons=ledger.deferral_reasons,
         requests=ledger.requests.total,
         seconds=time.monotonic() - started,
         load_id=load_id,

@@ -39,34 +39,52 @@ def most_in_any_window(times: list[float], window: float) -> int:
     return best
 
 
-@pytest.mark.parametrize(("limit", "window"), [(10, 6.0), (1000, 60.0), (2, 1.0)], ids=str)
-def test_no_window_of_the_length_plus_jitter_holds_more_than_the_limit(limit: int, window: float) -> None:
+@pytest.mark.parametrize(
+    ("limit", "window", "burst"), [(10, 6.0, 1), (10, 6.0, 4), (1000, 60.0, 100), (2, 1.0, 1)], ids=str
+)
+def test_no_window_of_the_length_plus_jitter_holds_more_than_the_limit(
+    limit: int, window: float, burst: int
+) -> None:
     fake = FakeTime()
-    gate = RateGate(limit, window, jitter=0.25, clock=fake.clock, sleep=fake.sleep)
+    gate = RateGate(limit, window, burst=burst, jitter=0.25, clock=fake.clock, sleep=fake.sleep)
     sent = []
     for _ in range(3 * limit):
         gate.wait()
         sent.append(fake.now)
 
     assert limit - 1 <= most_in_any_window(sent, window + 0.25) <= limit  # tight, up to float rounding
-    assert sent[-1] - sent[0] == pytest.approx((3 * limit - 1) * (window + 0.25) / (limit - 1))
+    assert sent[:burst] == [1000.0] * burst  # the bucket's burst goes at once
+    spacing = (window + 0.25) / (limit - burst)
+    assert sent[-1] - sent[0] == pytest.approx((3 * limit - burst) * spacing)
 
 
-def test_a_new_gate_right_after_another_keeps_the_bound_across_both() -> None:
+def test_the_default_burst_is_a_tenth_of_the_limit() -> None:
+    fake = FakeTime()
+    gate = RateGate(1000, 60.0, jitter=0.25, clock=fake.clock, sleep=fake.sleep)
+    sent = []
+    for _ in range(200):  # one customer page per company of a 200-company account
+        gate.wait()
+        sent.append(fake.now)
+
+    assert sent.count(1000.0) == 100
+    assert sent[-1] - sent[0] == pytest.approx(100 * 60.25 / 900)  # 6.7 s, not the 12 s of no burst
+
+
+def test_a_new_gate_right_after_another_exceeds_the_limit_by_its_burst_at_most() -> None:
     fake = FakeTime()
     sent = []
     for _ in range(2):  # two runs of one process, back to back
-        gate = RateGate(10, 6.0, jitter=0.25, clock=fake.clock, sleep=fake.sleep)
+        gate = RateGate(10, 6.0, burst=3, jitter=0.25, clock=fake.clock, sleep=fake.sleep)
         for _ in range(25):
             gate.wait()
             sent.append(fake.now)
 
-    assert most_in_any_window(sent, 6.25) <= 10
+    assert 10 < most_in_any_window(sent, 6.25) <= 10 + 3
 
 
-def test_idle_time_is_not_saved_up_for_a_burst() -> None:
+def test_idle_time_is_saved_up_to_the_burst_and_no_more() -> None:
     fake = FakeTime()
-    gate = RateGate(10, 6.0, jitter=0.25, clock=fake.clock, sleep=fake.sleep)
+    gate = RateGate(10, 6.0, burst=3, jitter=0.25, clock=fake.clock, sleep=fake.sleep)
     gate.wait()
     fake.now += 3600  # an hour without requests
     sent = []
@@ -74,13 +92,15 @@ def test_idle_time_is_not_saved_up_for_a_burst() -> None:
         gate.wait()
         sent.append(fake.now)
 
+    assert sent[:3] == [sent[0]] * 3
+    assert sent[3] > sent[0]
     assert most_in_any_window(sent, 6.25) <= 10
 
 
-@pytest.mark.parametrize(("limit", "window"), [(1, 60.0), (10, 0.0)], ids=str)
-def test_a_gate_that_cannot_pace_is_refused(limit: int, window: float) -> None:
+@pytest.mark.parametrize(("limit", "window", "burst"), [(1, 60.0, 1), (10, 0.0, 1), (10, 6.0, 10)], ids=str)
+def test_a_gate_that_cannot_pace_is_refused(limit: int, window: float, burst: int) -> None:
     with pytest.raises(ValueError, match="requests_per_minute"):
-        RateGate(limit, window)
+        RateGate(limit, window, burst=burst)
 
 
 def test_retry_after_reads_seconds_and_http_dates() -> None:
