@@ -7,7 +7,7 @@ import logging
 import threading
 from base64 import b64encode
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -114,12 +114,16 @@ def _error_body(response: Response) -> Json:
 
 
 class RequestCounter:
-    """Counts every HTTP attempt (retries included) per company, thread-safely."""
+    """Counts every HTTP attempt (retries included) per company, thread-safely.
+
+    `listeners` are told of each attempt (the run's progress display).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.by_company: Counter[str] = Counter()
         self.total = 0
+        self.listeners: list[Callable[[], None]] = []
 
     def count(self, url: str) -> None:
         """Count one attempt at `url`."""
@@ -128,6 +132,8 @@ class RequestCounter:
             company = company_of(url)
             if company:
                 self.by_company[company] += 1
+        for listener in self.listeners:
+            listener()
 
 
 class CodatRESTClient(RESTClient):

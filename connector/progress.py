@@ -41,6 +41,6 @@ class Progress:
         """`count` more customers were read."""
         self._collector.update(CUSTOMERS, inc=count)
 
-    def requests(self, count: int = 1) -> None:
-        """`count` more API requests were sent."""
-        self._collector.update(REQUESTS, inc=count)
+    def requests(self) -> None:
+        """One more API request was sent (attachment listings are most of them)."""
+        self._collector.update(REQUESTS)

@@ -235,6 +235,7 @@ def codat_source(
         load_id = dlt.current.load_package_state()["load_id"]
         sync = CustomerSync(client, state, page_size, load_id, *window)
         progress = Progress()
+        client.requests.listeners.append(progress.requests)
         progress.companies(len(account()))
         for company in account():
             for page in sync.pages(company, run.company(company["id"], company.get("name"))):

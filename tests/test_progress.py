@@ -31,7 +31,7 @@ class RecordingCollector(DictCollector):
         super()._stop()
 
 
-def test_extract_reports_companies_of_all_and_customers_read(emulator: Emulator, base_url: str, tmp_path):
+def test_extract_reports_companies_of_all_customers_and_requests(emulator: Emulator, base_url: str, tmp_path):
     emulator.reset(7, 6, 400)
     collector = RecordingCollector()
     pipeline = dlt.pipeline(
@@ -42,7 +42,7 @@ def test_extract_reports_companies_of_all_and_customers_read(emulator: Emulator,
         progress=collector,
     )
 
-    run_sync(pipeline, api_key=API_KEY, base_url=base_url, attachments=False)
+    summary = run_sync(pipeline, api_key=API_KEY, base_url=base_url)
 
     extract = next(counters for step, counters in collector.steps if step.startswith("Extract"))
     customers = sum(len(c.customers) for c in readable(emulator))
@@ -50,3 +50,6 @@ def test_extract_reports_companies_of_all_and_customers_read(emulator: Emulator,
     assert collector.totals["Companies"] == 6
     assert extract["Companies"] == 6
     assert extract["Customers"] == 400
+    # every request the run spent, but the company listing that may come before the customers
+    assert summary.requests > 400  # one attachment listing per customer, at the least
+    assert summary.requests - 1 <= extract["API requests"] <= summary.requests
