@@ -31,7 +31,7 @@ class ModifiedDateSeekPaginator(BasePaginator):
     modifies moves to the end and every later record shifts one place back, so page
     numbers skip records. Seeking instead asks for `modifiedDate>=<last seen>` page 1
     every time: whatever moved is still ahead. Records repeated at the bound are dropped by
-    the caller (`CustomerDeduper`).
+    the caller (`BoundaryDeduper`).
 
     When one page holds nothing but a single `modifiedDate` and more follow (Codat
     re-stamps a whole company at one instant), seeking cannot move, so that instant's
@@ -39,10 +39,13 @@ class ModifiedDateSeekPaginator(BasePaginator):
     while it is paged (a modified record gets a later date), so a smaller `totalResults`
     steps back as many pages as records left; a larger one (records still being written
     at that instant) starts the group again. A pass over a group only counts when it began
-    after that instant was over by the server's clock (its `Date` header): until then a
-    record may join and another leave between two pages, which no total reveals, so the
-    pass is repeated. Then seeking resumes strictly after the group. It stops from
-    `totalResults`, without a trailing empty request.
+    after an answer whose `Date` header was past that instant: until then a record may join
+    and another leave between two pages, which no total reveals, so the pass is repeated.
+    Not the pass's own first answer: `Date` is stamped when an answer is sent, after its
+    page was read, so a page read in the instant's last moments may carry the next second.
+    Then seeking resumes strictly after the group (unless the group was of a past instant,
+    kept its size and nothing lay past it). It stops from `totalResults`, without a trailing
+    empty request.
     """
 
     def __init__(
@@ -62,6 +65,9 @@ class ModifiedDateSeekPaginator(BasePaginator):
         self.after_group: int | None = None  # records past the group when it was entered
         self._seek_total = 0  # `totalResults` of the seek that found the group
         self._pass_trusted = False  # the current pass over the group began after its instant
+        self._group_over = False  # an answer already received was sent after the group's instant
+        self._entered_over = False  # the group's instant was over when the seek found it
+        self._group_changed = False  # its total moved while it was paged
         self._last_page: tuple[str, tuple[str, ...]] | None = None
 
     def query(self) -> str | None:
@@ -101,10 +107,14 @@ class ModifiedDateSeekPaginator(BasePaginator):
         self._guard(results)
         if self.group is None:
             self._after_seek(results, total)
+            if self.group is not None:  # entered a group: was its instant already over?
+                self._group_over = self._entered_over = _server_time_after(response, self.group)
         else:
-            if self.group_page == 1:
-                self._pass_trusted = _server_time_after(response, self.group)
+            if self.group_page == 1:  # a pass starts: it counts if the instant was over before
+                self._pass_trusted = self._group_over
             self._after_group_page(total)
+            if self.group is not None and not self._group_over:
+                self._group_over = _server_time_after(response, self.group)
 
     def _after_seek(self, results: list[dict[str, Any]], total: int) -> None:
         if total <= len(results) or not results:
@@ -118,13 +128,17 @@ class ModifiedDateSeekPaginator(BasePaginator):
             self.group, self.group_page, self.group_total = last, 1, None
             self.after_group = None
             self._seek_total = total
+            self._group_changed = False
         else:
             self.lower, self.strict = last, False
 
     def _after_group_page(self, total: int) -> None:
         if self.after_group is None:
             self.after_group = self._seek_total - total
+            self._group_changed = self.after_group < 0  # a record joined since the seek
         previous, self.group_total = self.group_total, total
+        if previous is not None and total != previous:
+            self._group_changed = True
         if previous is not None and total > previous:
             self.group_page = 1
             return
@@ -138,7 +152,10 @@ class ModifiedDateSeekPaginator(BasePaginator):
             self.group_page, self.group_total = 1, None
             return
         self.lower, self.strict, self.group = self.group, True, None
-        if self.after_group <= 0:
+        # Nothing was past the group, and nothing can have moved past it since: a group of a
+        # past instant that kept its size. Otherwise a record that changed while the group was
+        # paged now lies past it, and one more seek finds it.
+        if self.after_group <= 0 and self._entered_over and not self._group_changed:
             self._has_next_page = False
 
     def _guard(self, results: list[dict[str, Any]]) -> None:
