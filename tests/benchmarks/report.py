@@ -97,6 +97,7 @@ def rows(document: Document) -> list[Row]:
         ("scale", _scale_rows),
         ("emulator", _emulator_rows),
         ("attachments", _attachment_rows),
+        ("deferral", _deferral_rows),
     ):
         figures = document.get(name)
         if figures is None:
@@ -193,9 +194,30 @@ def _attachment_rows(figures: Document) -> Iterator[Row]:
     if "skipped" in figures:
         yield Row("attachment throughput", f"skipped: {figures['skipped']}")
         return
-    for key, value in figures.items():
-        if isinstance(value, int | float | str) and not isinstance(value, bool):
-            yield Row(f"attachments: {key}", value)
+    what = (
+        f"attachment listings, {figures['companies']} companies, {figures['latency_s'] * 1000:.0f} ms "
+        f"latency, {figures['per_minute_limit']:,} per {figures['window_s']:g} s"
+    )
+    yield Row(f"{what}: listings per second", figures["listings_per_s"], "/s")
+    yield Row(f"{what}: ideal, min(limit, 10 × companies / latency)", figures["ideal_per_s"], "/s")
+    yield Row(f"{what}: share of the ideal", figures["share_of_ideal"], "", ">=", 0.8, "≥ 0.8")
+    yield Row(f"{what}: 429 answers", figures["http_429"], "", "<=", 0, "0")
+
+
+def _deferral_rows(figures: Document) -> Iterator[Row]:
+    what = f"{figures['customers']:,} customers in {figures['companies']} companies"
+    yield Row(
+        f"attachment listings deferred, {what}, budget {figures['request_budget']}",
+        figures["attachments_deferred"],
+    )
+    yield Row(
+        f"source state with those deferred, {what}",
+        figures["source_state_bytes"],
+        "bytes",
+        "<=",
+        1_000_000,
+        "≤ 1 MB",
+    )
 
 
 def markdown(document: Document, table: list[Row]) -> str:

@@ -252,6 +252,15 @@ def attachment_throughput(context: Context) -> Figures:
     return dict(function(**options))
 
 
+@benchmark("deferral")
+def deferral_state(context: Context) -> Figures:
+    """The source state after a first load of 500,000 customers with the request budget spent."""
+    from tests.benchmarks.deferral_bench import bench_deferral
+
+    say("deferral")
+    return bench_deferral(quick=context.quick)
+
+
 def machine() -> Figures:
     """Where the figures were measured."""
     cpu = platform.processor() or platform.machine()
