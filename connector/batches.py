@@ -13,7 +13,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -126,19 +126,6 @@ def child_columns(table: str) -> TTableSchemaColumns:
     return columns
 
 
-def parse_date(value: Any) -> datetime | None:
-    """`parse_codat_datetime` with the standard library's ISO parser as the fast path."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return parse_codat_datetime(value)
-    if moment.year == 1:  # Codat's "no date"
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _struct(pairs: tuple[tuple[str, str], ...], *more: tuple[str, pa.DataType]) -> pa.StructType:
     return pa.struct([*[(key, TEXT) for key, _ in pairs], *more])
 
@@ -209,7 +196,7 @@ class PageBuilder:
         prefix = secrets.token_urlsafe(9)
         root_ids = pa.array([f"{prefix}{i:x}" for i in range(count)], TEXT)
         if modified is None:
-            modified = [parse_date(r.get("modifiedDate")) for r in records]
+            modified = [parse_codat_datetime(r.get("modifiedDate")) for r in records]
         columns: dict[str, Any] = {"company_id": pa.array([company_id] * count, TEXT)}
         for key, column in CUSTOMER_TEXT:
             columns[column] = pc.struct_field(parsed, key)
@@ -344,7 +331,7 @@ def _child_table(
 
 
 def _dates(texts: pa.Array) -> pa.Array:
-    return pa.array([parse_date(v) for v in texts.to_pylist()], TIMESTAMP)
+    return pa.array([parse_codat_datetime(v) for v in texts.to_pylist()], TIMESTAMP)
 
 
 def _conform(value: Any, kind: pa.DataType) -> Any:

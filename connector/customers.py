@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from connector.batches import CustomerPage, PageBuilder, parse_date
+from connector.batches import CustomerPage, PageBuilder
 from connector.client import CodatApiError, CodatClient
 from connector.paging import ModifiedDateSeekPaginator, PagingError
 from connector.records import (
@@ -125,7 +125,9 @@ class CustomerSync:
             for body in self.client.list_customers(company_id, paginator):
                 seen_at = self.clock.now()
                 results = body.get("results") or []
-                records, dates = deduper.fresh(results, [parse_date(r.get("modifiedDate")) for r in results])
+                records, dates = deduper.fresh(
+                    results, [parse_codat_datetime(r.get("modifiedDate")) for r in results]
+                )
                 if not records:
                     continue
                 page = self.builder.build(records, company_id, seen_at, self.load_id, dates)

@@ -1,4 +1,4 @@
-"""Pure mapping of Codat records to the rows the destination stores."""
+"""Codat dates, record digests and the attachment row; customer pages are built in `batches`."""
 
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ _DATE = re.compile(
 )
 # Codat's "no value" for a date (`sourceModifiedDate` of records a platform never dated).
 NULL_DATE_YEAR = 1
-DATE_FIELDS = ("modifiedDate", "sourceModifiedDate")
-NESTED_LISTS = ("addresses", "contacts")
 
 
 def parse_codat_datetime(value: Any) -> datetime | None:
@@ -29,6 +27,14 @@ def parse_codat_datetime(value: Any) -> datetime | None:
     """
     if not isinstance(value, str):
         return None
+    try:  # the standard library reads Codat's usual forms ten times faster than the pattern
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        pass
+    else:
+        if moment.year == NULL_DATE_YEAR:
+            return None
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     match = _DATE.match(value.strip())
     if match is None:
         return None
@@ -74,39 +80,6 @@ def record_hash(record: Json) -> str:
     """A short, stable digest of a record as Codat sent it, to recognise a record already loaded."""
     canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.blake2b(canonical.encode(), digest_size=10).hexdigest()
-
-
-def map_customer(record: Json, company_id: str, extracted_at: datetime | None = None) -> Json:
-    """A customer row: Codat's fields, dates as UTC instants, deletes as `isDeleted`.
-
-    `metadata.isDeleted` becomes a top-level boolean (`false` when `metadata` is absent or
-    null); `supplementalData` is kept whole for a JSON column; contacts' dates are parsed too.
-    """
-    row = {k: v for k, v in record.items() if k not in ("metadata", "supplementalData")}
-    metadata = record.get("metadata")
-    row["companyId"] = company_id
-    row["extractedAt"] = extracted_at
-    row["isDeleted"] = bool(metadata.get("isDeleted")) if isinstance(metadata, dict) else False
-    row["supplementalData"] = record.get("supplementalData")
-    for name in DATE_FIELDS:
-        if name in row:
-            row[name] = parse_codat_datetime(row[name])
-    for name in NESTED_LISTS:
-        if name in row and row[name] is None:
-            del row[name]  # null and [] both mean "none": no child rows either way
-    contacts = row.get("contacts")
-    if isinstance(contacts, list):
-        row["contacts"] = [_map_contact(c) for c in contacts]
-    return row
-
-
-def _map_contact(contact: Any) -> Any:
-    if not isinstance(contact, dict):
-        return contact
-    contact = {k: v for k, v in contact.items() if not (k == "phone" and v is None)}
-    if "modifiedDate" in contact:
-        contact["modifiedDate"] = parse_codat_datetime(contact["modifiedDate"])
-    return contact
 
 
 def map_attachment(attachment: Json, company_id: str, connection_id: str, customer_id: str) -> Json:
