@@ -19,14 +19,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from dlt.common.data_types import TDataType
-from dlt.common.schema.typing import TTableSchemaColumns
+from dlt.common.schema.typing import TColumnSchema, TTableSchemaColumns
 
 from connector.records import parse_codat_datetime
 
 logger = logging.getLogger(__name__)
 Json = dict[str, Any]
 
-CUSTOMERS = "customers"
 ADDRESSES = "customers__addresses"
 CONTACTS = "customers__contacts"
 PHONES = "customers__contacts__phone"
@@ -68,20 +67,22 @@ UNMAPPED = "unmapped_fields"
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 TEXT = pa.string()
 
-# The link columns dlt's normaliser writes on child tables.
-# They are not `root_key`/`parent_key` here: dlt keeps those for tables its normaliser nests.
-LINK_COLUMNS: TTableSchemaColumns = {
-    "_dlt_root_id": {"data_type": "text", "nullable": False},
-    "_dlt_parent_id": {"data_type": "text", "nullable": False},
-    "_dlt_list_idx": {"data_type": "bigint", "nullable": False},
-    "_dlt_id": {"data_type": "text", "nullable": False, "unique": True, "row_key": True},
-}
+# The link columns dlt's normaliser writes on child tables. They are not `root_key` and
+# `parent_key` here: dlt keeps those hints for tables its normaliser nests.
 LINK_FIELDS = [
     pa.field("_dlt_root_id", TEXT, nullable=False),
     pa.field("_dlt_parent_id", TEXT, nullable=False),
     pa.field("_dlt_list_idx", pa.int64(), nullable=False),
     pa.field("_dlt_id", TEXT, nullable=False),
 ]
+DATA_TYPES: dict[pa.DataType, TDataType] = {
+    TEXT: "text",
+    TIMESTAMP: "timestamp",
+    pa.bool_(): "bool",
+    pa.int64(): "bigint",
+}
+ROW_KEY: TColumnSchema = {"unique": True, "row_key": True}
+JSON_TEXT: TColumnSchema = {"data_type": "json"}  # JSON carried as text in Arrow
 
 
 def _text_fields(pairs: tuple[tuple[str, str], ...], prefix: str = "") -> list[pa.Field]:
@@ -114,16 +115,27 @@ PHONE_SCHEMA = pa.schema([*_text_fields(PHONE_TEXT), *LINK_FIELDS])
 CHILD_SCHEMAS = {ADDRESSES: ADDRESS_SCHEMA, CONTACTS: CONTACT_SCHEMA, PHONES: PHONE_SCHEMA}
 
 
-def child_columns(table: str) -> TTableSchemaColumns:
-    """Dlt column hints of a child table: nullable text and dates, and the link columns."""
+def table_columns(schema: pa.Schema, hints: dict[str, TColumnSchema] | None = None) -> TTableSchemaColumns:
+    """Dlt's column hints for a table written with this Arrow schema, `hints` laid over them."""
     columns: TTableSchemaColumns = {}
-    for field in CHILD_SCHEMAS[table]:
-        if field.name in LINK_COLUMNS:
-            columns[field.name] = dict(LINK_COLUMNS[field.name])  # type: ignore[assignment]
-        else:
-            kind: TDataType = "timestamp" if field.type == TIMESTAMP else "text"
-            columns[field.name] = {"data_type": kind, "nullable": True}
+    for field in schema:
+        column: TColumnSchema = {"data_type": DATA_TYPES[field.type], "nullable": field.nullable}
+        if field.name == "_dlt_id":
+            column.update(ROW_KEY)
+        column.update((hints or {}).get(field.name, {}))
+        columns[field.name] = column
     return columns
+
+
+def child_columns(table: str) -> TTableSchemaColumns:
+    """Dlt's column hints of a child table."""
+    return table_columns(CHILD_SCHEMAS[table])
+
+
+CUSTOMER_COLUMNS = table_columns(
+    CUSTOMER_SCHEMA,
+    {"extracted_at": {"dedup_sort": "desc"}, "supplemental_data": JSON_TEXT, UNMAPPED: JSON_TEXT},
+)
 
 
 def _struct(pairs: tuple[tuple[str, str], ...], *more: tuple[str, pa.DataType]) -> pa.StructType:

@@ -13,7 +13,7 @@ from dlt.common.schema.typing import TTableSchemaColumns
 from dlt.sources import DltResource
 
 from connector.attachments import AttachmentSync, Collector
-from connector.batches import CHILD_TABLES, UNMAPPED, child_columns
+from connector.batches import CHILD_TABLES, CUSTOMER_COLUMNS, child_columns
 from connector.client import (
     DEFAULT_BACKOFF_FACTOR,
     DEFAULT_BASE_URL,
@@ -36,27 +36,6 @@ from connector.records import parse_codat_datetime
 from connector.status import RunLedger
 
 Json = dict[str, Any]
-
-CUSTOMER_COLUMNS: TTableSchemaColumns = {
-    "company_id": {"data_type": "text", "nullable": False},
-    "id": {"data_type": "text", "nullable": False},
-    "customer_name": {"data_type": "text"},
-    "contact_name": {"data_type": "text"},
-    "email_address": {"data_type": "text"},
-    "default_currency": {"data_type": "text"},
-    "phone": {"data_type": "text"},
-    "registration_number": {"data_type": "text"},
-    "tax_number": {"data_type": "text"},
-    "status": {"data_type": "text"},
-    "modified_date": {"data_type": "timestamp"},
-    "source_modified_date": {"data_type": "timestamp"},
-    "is_deleted": {"data_type": "bool", "nullable": False},
-    "extracted_at": {"data_type": "timestamp", "dedup_sort": "desc"},
-    "supplemental_data": {"data_type": "json"},
-    UNMAPPED: {"data_type": "json"},
-    "_dlt_load_id": {"data_type": "text", "nullable": False},
-    "_dlt_id": {"data_type": "text", "nullable": False, "unique": True, "row_key": True},
-}
 
 ATTACHMENT_KEY = ("company_id", "connection_id", "customer_id", "id")
 ATTACHMENT_COLUMNS: TTableSchemaColumns = {
