@@ -235,20 +235,25 @@ class CodatClient:
     def _retry_429(self, response: Response | None, exception: BaseException | None) -> bool:
         if response is None or response.status_code != 429:
             return False
-        wait = retry_after_seconds(response.headers.get("Retry-After"))
-        return wait is None or wait <= self.max_retry_wait
+        return self._too_long_wait(429, retry_after_seconds(response.headers.get("Retry-After"))) is None
+
+    def _too_long_wait(self, status: int | None, retry_after: float | None) -> float | None:
+        """The `Retry-After` of a `429` that asks to wait longer than this client waits, else None."""
+        if status == 429 and retry_after is not None and retry_after > self.max_retry_wait:
+            return retry_after
+        return None
 
     def quota_spent(self, exc: CodatApiError) -> bool:
         """Whether an error is a `429` that asked to wait longer than this client waits."""
-        return exc.status == 429 and exc.retry_after is not None and exc.retry_after > self.max_retry_wait
+        return self._too_long_wait(exc.status, exc.retry_after) is not None
 
     def _on_response(self, response: Response, *args: Any, **kwargs: Any) -> Response:
         self.requests.count(response.url)
         self.pacer.quota.observe(response)
         if response.status_code >= 400:
             error = CodatHTTPError(response)
-            if error.status == 429 and error.retry_after and error.retry_after > self.max_retry_wait:
-                self.pacer.quota.spent(error.retry_after)
+            if (wait := self._too_long_wait(error.status, error.retry_after)) is not None:
+                self.pacer.quota.spent(wait)
             raise error
         if "json" in response.headers.get("Content-Type", ""):
             try:
