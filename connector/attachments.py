@@ -24,10 +24,10 @@ from connector.files import FileStore
 from connector.pacing import (
     DEFAULT_IN_FLIGHT_PER_COMPANY,
     DEFAULT_QUOTA_RESERVE,
-    MAX_IN_FLIGHT_PER_COMPANY,
     CompanyQueue,
+    checked_in_flight,
 )
-from connector.paging import DEFAULT_PAGE_SIZE, ModifiedDateSeekPaginator, RepeatedPageError
+from connector.paging import DEFAULT_PAGE_SIZE, ModifiedDateSeekPaginator, PagingError
 from connector.records import map_attachment, parse_codat_datetime
 from connector.status import RunLedger
 from connector.watermarks import (
@@ -123,11 +123,7 @@ class AttachmentSync:
         quota_reserve: int = DEFAULT_QUOTA_RESERVE,
         files: FileStore | None = None,
     ) -> None:
-        if not 1 <= concurrency <= MAX_IN_FLIGHT_PER_COMPANY:
-            raise ValueError(
-                f"attachment_concurrency must be between 1 and {MAX_IN_FLIGHT_PER_COMPANY} "
-                f"(Codat refuses more concurrent requests per company); got {concurrency}"
-            )
+        checked_in_flight(concurrency)
         self.client = client
         self.ledger = ledger
         self.connections = connections
@@ -221,7 +217,7 @@ class AttachmentSync:
         except CodatApiError as exc:
             self._span_failed(company_id, exc)
             return
-        except (RepeatedPageError, ValueError) as exc:
+        except PagingError as exc:  # a repeated page, or customers without a readable date
             self._note(company_id, f"attachments left for the next run: {exc}")
             return
         with self._lock:

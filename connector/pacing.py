@@ -107,16 +107,25 @@ def default_burst(limit: int) -> int:
     return max(1, limit // RATE_BURST_DIVISOR)
 
 
+def checked_in_flight(per_company: int) -> int:
+    """`attachment_concurrency` if Codat allows that many requests in flight per company.
+
+    Raises:
+        ValueError: It is outside 1 to 10.
+    """
+    if not 1 <= per_company <= MAX_IN_FLIGHT_PER_COMPANY:
+        raise ValueError(
+            f"attachment_concurrency must be between 1 and {MAX_IN_FLIGHT_PER_COMPANY} "
+            f"(Codat refuses more concurrent requests per company); got {per_company}"
+        )
+    return per_company
+
+
 class CompanySlots:
     """At most `per_company` requests in flight for each company."""
 
     def __init__(self, per_company: int = DEFAULT_IN_FLIGHT_PER_COMPANY) -> None:
-        if not 1 <= per_company <= MAX_IN_FLIGHT_PER_COMPANY:
-            raise ValueError(
-                f"attachment_concurrency must be between 1 and {MAX_IN_FLIGHT_PER_COMPANY} "
-                f"(Codat refuses more concurrent requests per company); got {per_company}"
-            )
-        self.per_company = per_company
+        self.per_company = checked_in_flight(per_company)
         self._lock = threading.Lock()
         self._slots: dict[str, threading.Semaphore] = {}
 
