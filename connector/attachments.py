@@ -24,7 +24,9 @@ from connector.files import FileStore
 from connector.pacing import (
     DEFAULT_IN_FLIGHT_PER_COMPANY,
     DEFAULT_QUOTA_RESERVE,
+    QUOTA_SPENT,
     CompanyQueue,
+    RunStopped,
     checked_in_flight,
 )
 from connector.paging import DEFAULT_PAGE_SIZE, ModifiedDateSeekPaginator, PagingError
@@ -226,9 +228,10 @@ class AttachmentSync:
 
     def _span_failed(self, company_id: str, exc: CodatApiError) -> None:
         # The span stays as far as it was read, whatever the error: a few bytes of state.
-        logger.warning("Customers left by an earlier run of company %s: %s", company_id, exc)
-        if self.client.quota_spent(exc):
-            self._stop(f"daily quota spent (Retry-After {exc.retry_after:.0f} s)")
+        if self.client.stopped is not None:
+            self._stop(str(self.client.stopped))
+        else:
+            logger.warning("Customers left by an earlier run of company %s: %s", company_id, exc)
         self._note(company_id, f"attachments left for the next run: {exc}")
 
     # -- running tasks ---------------------------------------------------------------------
@@ -282,12 +285,14 @@ class AttachmentSync:
         with self._lock:
             if self._stopped:
                 return self._stopped
+            if self.client.stopped is not None:
+                return self._stop(str(self.client.stopped))
             remaining = self.client.pacer.quota.remaining
             if remaining is not None and remaining - self._in_flight - cost < self.quota_reserve:
-                return self._stop(
-                    f"daily quota nearly spent ({remaining} requests left, "
-                    f"{self.quota_reserve} kept for customer pages)"
+                self.ledger.quota_low = RunStopped(
+                    QUOTA_SPENT, f"{remaining} requests left, {self.quota_reserve} kept for customer pages"
                 )
+                return self._stop(str(self.ledger.quota_low))
             if self.budget is not None:
                 spent = self.client.requests.total + self._in_flight + cost
                 if spent > self.budget:
@@ -307,10 +312,11 @@ class AttachmentSync:
             return self._stopped
 
     def _failed(self, task: Task, exc: CodatApiError) -> None:
+        if self.client.stopped is not None:
+            self._defer(task, self._stop(str(self.client.stopped)))
+            return
         logger.warning("Attachments of customer %r failed: %s", task.customer_id, exc)
-        if self.client.quota_spent(exc):
-            self._defer(task, self._stop(f"daily quota spent (Retry-After {exc.retry_after:.0f} s)"))
-        elif exc.status in FINAL_STATUSES:
+        if exc.status in FINAL_STATUSES:
             with self._lock:
                 self.ledger.company(task.company_id).fail(exc)
             self._done(task, [])

@@ -5,19 +5,37 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import dlt
-from dlt.common.configuration.exceptions import ConfigFieldMissingException
+import duckdb
+from dlt.common.configuration.exceptions import (
+    ConfigFieldMissingException,
+    ConfigValueCannotBeCoercedException,
+)
 from dlt.common.runtime.collector import LogCollector, TqdmCollector
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from connector.client import CodatApiError
-from connector.destinations import duckdb_destination
-from connector.sync import run_sync
+from connector.destinations import (
+    DestinationLocked,
+    DestinationUnusable,
+    duckdb_destination,
+    duckdb_problem,
+)
+from connector.lock import PipelineBusy
+from connector.pacing import API_UNREACHABLE
+from connector.source import setting
+from connector.sync import (
+    EXIT_API_UNREACHABLE,
+    EXIT_BAD_INPUT,
+    EXIT_BUSY,
+    EXIT_QUOTA_SPENT,
+    run_sync,
+)
 
-EXIT_OK, EXIT_COMPANY_FAILED, EXIT_ERROR = 0, 1, 2
 PROGRESS_PERIOD = 2.0  # seconds between progress reports
 # Not `codat.duckdb`: DuckDB names the catalog after the file, and a catalog named like the
 # dataset makes `codat.customers` ambiguous (a Binder Error on load and in every query).
@@ -47,20 +65,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--files", action="store_true", help="download attachment files too")
     parser.add_argument("--files-url", help="folder or fsspec URL for files (default: codat_files)")
     parser.add_argument("--no-attachments", action="store_true", help="skip attachment metadata")
-    parser.add_argument("--request-budget", type=int, help="requests this run may spend")
+    parser.add_argument("--request-budget", type=whole(1), help="requests this run may spend")
     parser.add_argument(
-        "--requests-per-minute", type=int, help="pace requests to this many a minute (default: 1000)"
+        "--requests-per-minute", type=whole(2), help="pace requests to this many a minute (default: 1000)"
     )
     parser.add_argument("--hard-delete", action="store_true", help="remove deleted customers")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 when a company is not ready in Codat (409)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress display (on stderr)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.companies is not None and not company_ids(args.companies):
+        parser.error(
+            f"argument --companies: {args.companies!r} names no company id; "
+            "give ids separated by commas, or leave it out for every company"
+        )
+    if args.company_query is not None and not args.company_query.strip():
+        parser.error("argument --company-query: empty; give a Codat query such as 'name~Acme'")
+    return args
+
+
+def whole(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `least`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number; got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}; got {value}")
+        return value
+
+    return parse
+
+
+def company_ids(text: str) -> list[str]:
+    """The ids of a comma-separated list, blanks dropped."""
+    return [c.strip() for c in text.split(",") if c.strip()]
 
 
 def source_options(args: argparse.Namespace) -> dict[str, Any]:
     """The `codat_source` arguments the command line sets; the rest come from dlt config."""
     options: dict[str, Any] = {}
-    if args.companies:
-        options["company_ids"] = [c.strip() for c in args.companies.split(",") if c.strip()]
+    if args.companies is not None:
+        options["company_ids"] = company_ids(args.companies)
     for name in ("company_query", "since", "until", "request_budget", "requests_per_minute", "files_url"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
@@ -78,6 +127,7 @@ def make_pipeline(args: argparse.Namespace) -> dlt.Pipeline:
 
     Raises:
         ValueError: The DuckDB file is named like the dataset.
+        DestinationUnusable: The DuckDB file's folder cannot be made, or another process holds it.
     """
     destination: Any = args.destination
     if destination == "duckdb":
@@ -102,32 +152,66 @@ def make_pipeline(args: argparse.Namespace) -> dlt.Pipeline:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one sync; exit 1 when a company failed, 2 when the run could not happen."""
+    """Run one sync; the exit codes are `connector.sync`'s EXIT_* (the README's "Operations")."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = run_sync(make_pipeline(args), full_refresh=args.full_refresh, **source_options(args))
     except ConfigFieldMissingException as exc:
-        print(f"codat-sync: missing configuration: {', '.join(exc.fields)}. Set "
-              "SOURCES__CODAT__API_KEY (or api_key under [sources.codat] in .dlt/secrets.toml).",
-              file=sys.stderr)  # fmt: skip
-        return EXIT_ERROR
+        return fail(
+            f"missing configuration: {', '.join(exc.fields)}. Set SOURCES__CODAT__API_KEY "
+            "(or api_key under [sources.codat] in .dlt/secrets.toml)."
+        )
+    except ConfigValueCannotBeCoercedException as exc:
+        return fail(coercion_problem(exc))
+    except (PipelineBusy, DestinationLocked) as exc:
+        return fail(str(exc), EXIT_BUSY)
+    except DestinationUnusable as exc:
+        return fail(str(exc))
     except (PipelineStepFailed, CodatApiError, ValueError) as exc:
-        print(f"codat-sync: {describe(exc)}", file=sys.stderr)
-        return EXIT_ERROR
+        return fail(*describe(exc))
     for line in summary.lines():
         print(line)
-    return EXIT_OK if summary.ok else EXIT_COMPANY_FAILED
+    return summary.exit_code(strict=args.strict)
 
 
-def describe(exc: BaseException) -> str:
-    """The innermost useful message of a failed step (dlt wraps source errors twice)."""
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    """Say on stderr why the run could not happen; return its exit code."""
+    print(f"codat-sync: {message}", file=sys.stderr)
+    return code
+
+
+def coercion_problem(exc: ConfigValueCannotBeCoercedException) -> str:
+    """A setting whose value is not of its type, named as the user sets it."""
+    kind = getattr(exc.hint, "__name__", str(exc.hint))
+    wanted = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(kind, kind)
+    value = "" if "key" in exc.field_name else f"; got {exc.field_value!r}"  # never echo a secret
+    return f"{setting(exc.field_name)} must be {wanted}{value}"
+
+
+def describe(exc: BaseException) -> tuple[str, int]:
+    """The innermost useful message of a failed step (dlt wraps source errors twice), and its exit code."""
     while isinstance(exc, PipelineStepFailed) and exc.__cause__ is not None:
         exc = exc.__cause__
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and isinstance(cause, CodatApiError | ValueError):
-        return str(cause)
-    return str(exc)
+    for error in (exc, exc.__cause__, exc.__context__):
+        if isinstance(error, CodatApiError):
+            return str(error), api_exit_code(error)
+        if isinstance(error, duckdb.IOException) and "lock" in str(error):
+            return duckdb_problem(None, error), EXIT_BUSY
+        if isinstance(error, ConfigValueCannotBeCoercedException):
+            return coercion_problem(error), EXIT_BAD_INPUT
+        if isinstance(error, ValueError) and error is not exc:
+            return str(error), EXIT_BAD_INPUT
+    return str(exc), EXIT_BAD_INPUT
+
+
+def api_exit_code(error: CodatApiError) -> int:
+    """A whole run ended by an API error (listing companies): unreachable, quota or bad input."""
+    if error.stopped is not None:
+        return EXIT_API_UNREACHABLE if error.stopped == API_UNREACHABLE else EXIT_QUOTA_SPENT
+    if error.status is None or error.status >= 500:
+        return EXIT_API_UNREACHABLE
+    return EXIT_QUOTA_SPENT if error.status == 429 else EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

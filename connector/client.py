@@ -9,7 +9,7 @@ from base64 import b64encode
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from dlt.common.configuration.specs.base_configuration import configspec
 from dlt.common.typing import TSecretStrValue
@@ -22,12 +22,16 @@ from requests import PreparedRequest, Request, Response
 from requests.exceptions import ChunkedEncodingError, HTTPError
 
 from connector.pacing import (
+    DEFAULT_BREAKER_FAILURES,
+    DEFAULT_BREAKER_SECONDS,
     DEFAULT_IN_FLIGHT_PER_COMPANY,
     DEFAULT_MAX_RETRY_WAIT,
     DEFAULT_RATE_WINDOW,
     DEFAULT_REQUESTS_PER_MINUTE,
+    CircuitBreaker,
     PacedAdapter,
     Pacer,
+    RunStopped,
     company_of,
     retry_after_seconds,
 )
@@ -39,6 +43,7 @@ DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_BACKOFF_FACTOR = 1.0
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_LIST_PAGE_SIZE = 1000
+NOTED_WAIT = 5.0  # seconds: a Retry-After this long is logged, so a waiting run is not silent
 RETRY_STATUSES = tuple(range(500, 600))  # and 429, when its Retry-After is short enough to wait
 CONNECTION_POOL_SIZE = 64
 Json = dict[str, Any]
@@ -92,6 +97,7 @@ class CodatApiError(Exception):
         error: str,
         correlation_id: str | None = None,
         retry_after: float | None = None,
+        stopped: str | None = None,
     ) -> None:
         self.operation = operation
         self.company_id = company_id
@@ -99,8 +105,9 @@ class CodatApiError(Exception):
         self.error = error
         self.correlation_id = correlation_id
         self.retry_after = retry_after
+        self.stopped = stopped  # why the run sent no more requests (`connector.pacing`), if so
         where = f" for company {company_id}" if company_id else ""
-        status_text = f"HTTP {status}" if status else "no answer"
+        status_text = f"HTTP {status}" if status else "not sent" if stopped else "no answer"
         cid = f" (correlationId {correlation_id})" if correlation_id else ""
         super().__init__(f"{operation}{where} failed: {status_text}: {error}{cid}")
 
@@ -126,7 +133,7 @@ class RequestCounter:
         self.listeners: list[Callable[[], None]] = []
 
     def count(self, url: str) -> None:
-        """Count one attempt at `url`."""
+        """Count one attempt at `url` (sent, whether or not it gets an answer)."""
         with self._lock:
             self.total += 1
             company = company_of(url)
@@ -178,8 +185,10 @@ class CodatClient:
     """The Codat operations, on dlt's retrying session with `Retry-After` honoured.
 
     Every attempt, retries included, is paced to Codat's limits (`pacer`) and counted per
-    company in `requests`, so a run can report what it spent. A `429` asking to wait longer
-    than `max_retry_wait` (a spent daily quota) is final at once instead of a stall.
+    company in `requests`, so a run can report what it spent. Two things stop every request
+    not yet sent (`stopped`), so a run ends soon and leaves the rest to the next one: a `429`
+    asking to wait longer than `max_retry_wait` (a spent daily quota), and the circuit
+    breaker, open after `breaker_failures` attempts in a row without an answer or with a `5xx`.
 
     Args:
         api_key: The Codat API key.
@@ -192,6 +201,8 @@ class CodatClient:
         rate_window: The length of that window in seconds (Codat: 60).
         rate_burst: Requests the token bucket lets go at once; None: a tenth of the limit.
         in_flight_per_company: Requests in flight per company, 1 to 10.
+        breaker_failures: Failed attempts in a row (no answer, or a `5xx`) that stop the run...
+        breaker_seconds: ... once they have gone on this long.
     """
 
     def __init__(
@@ -206,6 +217,8 @@ class CodatClient:
         rate_window: float = DEFAULT_RATE_WINDOW,
         in_flight_per_company: int = DEFAULT_IN_FLIGHT_PER_COMPANY,
         rate_burst: int | None = None,
+        breaker_failures: int = DEFAULT_BREAKER_FAILURES,
+        breaker_seconds: float = DEFAULT_BREAKER_SECONDS,
     ) -> None:
         if not api_key:
             raise ValueError(
@@ -215,7 +228,8 @@ class CodatClient:
         self.requests = RequestCounter()
         self.base_url = base_url.rstrip("/")
         self.max_retry_wait = max_retry_wait
-        self.pacer = Pacer(requests_per_minute, rate_window, in_flight_per_company, rate_burst)
+        breaker = CircuitBreaker(breaker_failures, breaker_seconds)
+        self.pacer = Pacer(requests_per_minute, rate_window, in_flight_per_company, rate_burst, breaker)
         session = Client(
             request_timeout=timeout,
             raise_for_status=False,
@@ -225,7 +239,9 @@ class CodatClient:
             request_backoff_factor=backoff_factor,
             request_max_retry_delay=max_retry_wait,
         ).session
-        adapter = PacedAdapter(self.pacer, pool_connections=4, pool_maxsize=CONNECTION_POOL_SIZE)
+        adapter = PacedAdapter(
+            self.pacer, self.requests.count, pool_connections=4, pool_maxsize=CONNECTION_POOL_SIZE
+        )
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         self.rest = CodatRESTClient(self.base_url, auth=CodatKeyAuth(api_key=api_key), session=session)
@@ -235,7 +251,16 @@ class CodatClient:
     def _retry_429(self, response: Response | None, exception: BaseException | None) -> bool:
         if response is None or response.status_code != 429:
             return False
-        return self._too_long_wait(429, retry_after_seconds(response.headers.get("Retry-After"))) is None
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        if self._too_long_wait(429, retry_after) is not None:
+            return False
+        if retry_after is not None and retry_after >= NOTED_WAIT:
+            logger.warning(
+                "Codat answered 429 (too many requests) for %s: waiting %.0f s as its Retry-After asks",
+                urlsplit(response.url).path,
+                retry_after,
+            )
+        return True
 
     def _too_long_wait(self, status: int | None, retry_after: float | None) -> float | None:
         """The `Retry-After` of a `429` that asks to wait longer than this client waits, else None."""
@@ -243,17 +268,17 @@ class CodatClient:
             return retry_after
         return None
 
-    def quota_spent(self, exc: CodatApiError) -> bool:
-        """Whether an error is a `429` that asked to wait longer than this client waits."""
-        return self._too_long_wait(exc.status, exc.retry_after) is not None
+    @property
+    def stopped(self) -> RunStopped | None:
+        """Why this client sends no more requests (API unreachable, daily quota spent), if so."""
+        return self.pacer.stop.reason
 
     def _on_response(self, response: Response, *args: Any, **kwargs: Any) -> Response:
-        self.requests.count(response.url)
         self.pacer.quota.observe(response)
         if response.status_code >= 400:
             error = CodatHTTPError(response)
             if (wait := self._too_long_wait(error.status, error.retry_after)) is not None:
-                self.pacer.quota.spent(wait)
+                self.pacer.quota_spent(wait)
             raise error
         if "json" in response.headers.get("Content-Type", ""):
             try:
@@ -272,6 +297,8 @@ class CodatClient:
             return self.rest.request(path, method=method, hooks=self._hooks, **kwargs)
         except CodatHTTPError as exc:
             raise _api_error(operation, company_id, exc) from None
+        except RunStopped as exc:
+            raise CodatApiError(operation, company_id, None, str(exc), stopped=exc.kind) from None
         except (ChunkedEncodingError, OSError) as exc:
             raise CodatApiError(operation, company_id, None, f"{type(exc).__name__}: {exc}") from None
 
@@ -296,6 +323,8 @@ class CodatClient:
                 yield page[0]
         except CodatHTTPError as exc:
             raise _api_error(operation, company_id, exc) from None
+        except RunStopped as exc:
+            raise CodatApiError(operation, company_id, None, str(exc), stopped=exc.kind) from None
         except (ChunkedEncodingError, OSError) as exc:
             raise CodatApiError(operation, company_id, None, f"{type(exc).__name__}: {exc}") from None
 

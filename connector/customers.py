@@ -119,6 +119,7 @@ class CustomerSync:
             run.status = UNCHANGED
             return
         start = self.since if self.backfill else parse_codat_datetime(saved.cursor)
+        run.first_load = not self.backfill and start is None
         paginator = ModifiedDateSeekPaginator(self.page_size, since=start, until=self.until)
         deduper = BoundaryDeduper(None if self.backfill else start, list(saved.boundary))
         try:
@@ -134,13 +135,37 @@ class CustomerSync:
                 run.customers_loaded += page.customers.num_rows
                 run.customers_deleted += page.deleted
                 yield page
-        except (CodatApiError, PagingError) as exc:
+        except CodatApiError as exc:
+            if self.client.stopped is not None:
+                run.stopped(self.client.stopped)
+                self._save_progress(company_id, deduper, saved)
+            elif exc.status == 409:
+                logger.info("Customers of company %s are not ready: %s", company_id, exc.error)
+                run.not_ready(exc)
+            else:
+                logger.warning("Customers of company %s failed: %s", company_id, exc)
+                run.fail(exc)
+            return
+        except PagingError as exc:
             logger.warning("Customers of company %s failed: %s", company_id, exc)
             run.fail(exc)
             return
-        if not self.backfill:
-            self.cursors[company_id] = CompanyCursor(
-                format_codat_datetime(deduper.cursor) if deduper.cursor else saved.cursor,
-                tuple(sorted(deduper.boundary)),
-                last_sync,
-            ).to_state()
+        self._save_progress(company_id, deduper, saved, last_sync)
+
+    def _save_progress(
+        self, company_id: str, deduper: BoundaryDeduper, saved: CompanyCursor, last_sync: str | None = None
+    ) -> None:
+        """Move the company's cursor to what was read (and is loaded with this state).
+
+        Called when a company is done (with Codat's `lastSync`), and when the run stopped
+        halfway through it (without, so the next run pages it again from here): pages come in
+        `modifiedDate` order, so everything before the cursor has been read. A company with
+        more pages than a day's quota still gets through, a day at a time.
+        """
+        if self.backfill:
+            return
+        self.cursors[company_id] = CompanyCursor(
+            format_codat_datetime(deduper.cursor) if deduper.cursor else saved.cursor,
+            tuple(sorted(deduper.boundary)),
+            last_sync,
+        ).to_state()

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from requests import PreparedRequest, Response
 from requests.adapters import HTTPAdapter
+from requests.exceptions import ConnectionError as RequestsConnectionError
+from requests.exceptions import Timeout
 
 DEFAULT_REQUESTS_PER_MINUTE = 1000  # Codat's limit per IP address
 DEFAULT_RATE_WINDOW = 60.0  # seconds the limit above counts over
@@ -23,6 +25,11 @@ DEFAULT_MAX_RETRY_WAIT = 60.0  # a 429 asking to wait longer is final (a spent d
 DEFAULT_QUOTA_RESERVE = 100  # daily requests left alone by attachment listings, for customer pages
 RATE_BURST_DIVISOR = 10  # the token bucket holds a tenth of the per-minute limit
 SEND_JITTER = 0.25  # seconds a request may take from leaving its turn to being counted by Codat
+DEFAULT_BREAKER_FAILURES = 10  # attempts in a row without an answer (or with a 5xx) open the breaker
+DEFAULT_BREAKER_SECONDS = 10.0  # ... once they have gone on this long (a blip of errors does not)
+# Why a run stops sending requests before its work is done.
+API_UNREACHABLE = "API unreachable"
+QUOTA_SPENT = "daily quota spent"
 
 
 def company_of(url: str) -> str | None:
@@ -169,6 +176,82 @@ class QuotaWatch:
             self.spent_for = retry_after if self.spent_for is None else max(self.spent_for, retry_after)
 
 
+class RunStopped(Exception):
+    """No more requests in this run: the API is unreachable, or the daily quota is spent.
+
+    Not a `requests` exception, so dlt's retrying session gives it up at once.
+    """
+
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind = kind
+        self.detail = detail
+        super().__init__(f"{kind}: {detail}")
+
+
+class StopSwitch:
+    """The run's one switch that stops new requests; the first reason to trip it is kept."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reason: RunStopped | None = None
+
+    def trip(self, kind: str, detail: str) -> None:
+        """Stop every request not yet sent."""
+        with self._lock:
+            if self.reason is None:
+                self.reason = RunStopped(kind, detail)
+
+    def check(self) -> None:
+        """Raise the reason if the switch is tripped."""
+        if self.reason is not None:
+            raise RunStopped(self.reason.kind, self.reason.detail)
+
+
+class CircuitBreaker:
+    """Opens once `failures` attempts in a row failed over at least `seconds`.
+
+    A failure is an attempt without an answer (refused, reset, timed out) or with a `5xx`; any
+    other answer ends the streak. Counting is shared by every thread of the run, so a dead API
+    opens it within `seconds` and a few retries, whoever sends them; the time bound keeps a
+    burst of errors across many parallel requests (a blip the retries ride out) from opening it.
+    """
+
+    def __init__(
+        self,
+        failures: int = DEFAULT_BREAKER_FAILURES,
+        seconds: float = DEFAULT_BREAKER_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if failures < 1 or seconds < 0:
+            raise ValueError(
+                "breaker_failures must be at least 1 and breaker_seconds at least 0; "
+                f"got {failures} and {seconds}"
+            )
+        self.failures = failures
+        self.seconds = seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._streak = 0
+        self._since = 0.0
+
+    def answered(self) -> None:
+        """An attempt got an answer that is not a server error."""
+        with self._lock:
+            self._streak = 0
+
+    def failed(self) -> str | None:
+        """Count a failed attempt; returns why the breaker opens, if it does now."""
+        with self._lock:
+            now = self._clock()
+            if self._streak == 0:
+                self._since = now
+            self._streak += 1
+            lasted = now - self._since
+            if self._streak >= self.failures and lasted >= self.seconds:
+                return f"{self._streak} attempts in a row failed over {lasted:.0f} s"
+            return None
+
+
 class Pacer:
     """Everything one client shares to stay within Codat's limits.
 
@@ -177,6 +260,7 @@ class Pacer:
         rate_window: The length of that window (Codat: a minute).
         rate_burst: Requests the token bucket lets go at once; None: a tenth of the limit.
         in_flight_per_company: Requests in flight per company, 1 to 10.
+        breaker: Stops the run's requests when the API stops answering.
     """
 
     def __init__(
@@ -185,10 +269,24 @@ class Pacer:
         rate_window: float = DEFAULT_RATE_WINDOW,
         in_flight_per_company: int = DEFAULT_IN_FLIGHT_PER_COMPANY,
         rate_burst: int | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.gate = RateGate(requests_per_minute, rate_window, rate_burst) if requests_per_minute else None
         self.slots = CompanySlots(in_flight_per_company)
         self.quota = QuotaWatch()
+        self.breaker = breaker or CircuitBreaker()
+        self.stop = StopSwitch()
+
+    def failed(self, detail: str) -> None:
+        """An attempt got no answer or a `5xx`: the breaker may open and stop the run."""
+        opened = self.breaker.failed()
+        if opened is not None:
+            self.stop.trip(API_UNREACHABLE, f"{opened}; the last: {detail}")
+
+    def quota_spent(self, retry_after: float) -> None:
+        """A `429` asked to wait longer than the client waits: no more requests in this run."""
+        self.quota.spent(retry_after)
+        self.stop.trip(QUOTA_SPENT, f"Retry-After {retry_after:.0f} s")
 
     @contextlib.contextmanager
     def turn(self, url: str) -> Iterator[None]:
@@ -200,16 +298,34 @@ class Pacer:
 
 
 class PacedAdapter(HTTPAdapter):
-    """The transport under dlt's retrying session: every attempt, retries included, is paced."""
+    """The transport under dlt's retrying session: every attempt, retries included, is paced.
 
-    def __init__(self, pacer: Pacer, **kwargs: Any) -> None:
+    Each attempt is counted (`on_attempt`, whether or not it gets an answer) and watched by the
+    circuit breaker. `send` raises `RunStopped` instead of sending once the run is stopped.
+    """
+
+    def __init__(self, pacer: Pacer, on_attempt: Callable[[str], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pacer = pacer
+        self.on_attempt = on_attempt
 
     def send(self, request: PreparedRequest, *args: Any, **kwargs: Any) -> Response:
         """Send one attempt in its turn, holding the company's slot until its answer's headers."""
-        with self.pacer.turn(request.url or ""):
-            return super().send(request, *args, **kwargs)
+        url = request.url or ""
+        self.pacer.stop.check()
+        with self.pacer.turn(url):
+            self.pacer.stop.check()  # it may have tripped while this attempt waited its turn
+            self.on_attempt(url)
+            try:
+                response = super().send(request, *args, **kwargs)
+            except (RequestsConnectionError, Timeout) as exc:
+                self.pacer.failed(type(exc).__name__)
+                raise
+        if response.status_code >= 500:
+            self.pacer.failed(f"HTTP {response.status_code}")
+        else:
+            self.pacer.breaker.answered()
+        return response
 
 
 class CompanyQueue:

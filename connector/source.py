@@ -24,6 +24,8 @@ from connector.client import (
 from connector.customers import CustomerSync, accounting_connection_ids
 from connector.files import DEFAULT_FILES_URL, DEFAULT_MAX_FILE_SIZE, FileStore
 from connector.pacing import (
+    DEFAULT_BREAKER_FAILURES,
+    DEFAULT_BREAKER_SECONDS,
     DEFAULT_IN_FLIGHT_PER_COMPANY,
     DEFAULT_MAX_RETRY_WAIT,
     DEFAULT_QUOTA_RESERVE,
@@ -56,20 +58,28 @@ FILE_COLUMNS: TTableSchemaColumns = {
 }
 
 
-class _ArrowJsonColumnsFilter(logging.Filter):
-    """Hides dlt's warning that Arrow's text differs from the `json` hint of the JSON columns.
+class _ExpectedDltWarnings(logging.Filter):
+    """Hides two dlt warnings about what the connector does on purpose, every run.
 
-    The customers table carries `supplemental_data` and `unmapped_fields` as JSON text in Arrow
-    and hints them `json`; the destination casts, as intended. dlt would warn on every page.
+    - Arrow's text differs from the `json` hint of the JSON columns: the customers table
+      carries `supplemental_data` and `unmapped_fields` as JSON text in Arrow and hints them
+      `json`; the destination casts, as intended. dlt would warn on every page.
+    - A package's schema differs from the stored one: a run extracts its `sync_status` rows
+      as a second package right after its customers (`connector.sync`), which adds to the
+      schema the first package was extracted with; the newer schema is the right one.
     """
 
+    EXPECTED = (
+        "In resource: customers, when merging arrow schema with dlt schema",
+        "is different from extract package schema hash",
+    )
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(
-            "In resource: customers, when merging arrow schema with dlt schema"
-        )
+        message = record.getMessage()
+        return not any(text in message for text in self.EXPECTED)
 
 
-logging.getLogger("dlt").addFilter(_ArrowJsonColumnsFilter())
+logging.getLogger("dlt").addFilter(_ExpectedDltWarnings())
 
 
 def map_company(company: Json) -> Json:
@@ -111,6 +121,8 @@ def codat_source(
     until: str | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
+    breaker_failures: int = DEFAULT_BREAKER_FAILURES,
+    breaker_seconds: float = DEFAULT_BREAKER_SECONDS,
     ledger: RunLedger | None = None,
 ) -> Sequence[DltResource]:
     """Codat Accounting customers of every company (or the chosen ones) of an account.
@@ -144,14 +156,19 @@ def codat_source(
         until: Backfill: load customers modified before this instant (cursors untouched).
         max_attempts: Attempts per request on `429`, `5xx` and dropped connections.
         backoff_factor: Multiplier of the exponential backoff between attempts.
+        breaker_failures: Attempts in a row without an answer (or with a `5xx`) after which
+            the run sends no more requests: the API is unreachable, the rest waits.
+        breaker_seconds: ... once those failures have gone on for this many seconds.
         ledger: Collects each company's outcome for `sync_status`; a fresh one by default.
 
     Returns:
         The resources `companies`, `connections`, `customers` and `customer_attachments`.
+
+    Raises:
+        ValueError: An option is out of range; the message names it. No request is sent.
     """
     window = _window(since, until)
-    if not 1 <= page_size <= 5000:
-        raise ValueError(f"page_size must be between 1 and 5000 (Codat's limit); got {page_size}")
+    _check_options(company_ids, company_query, page_size, request_budget, max_attempts)
     client = CodatClient(
         api_key,
         base_url,
@@ -162,14 +179,23 @@ def codat_source(
         rate_window=rate_window,
         rate_burst=rate_burst,
         in_flight_per_company=attachment_concurrency,
+        breaker_failures=breaker_failures,
+        breaker_seconds=breaker_seconds,
     )
     run = ledger if ledger is not None else RunLedger()
     run.requests = client.requests
+    run.stop = client.pacer.stop
 
     @cache
     def account() -> list[Json]:
         if not company_ids:
-            return list(client.list_companies(company_query))
+            listed = list(client.list_companies(company_query))
+            if company_query and not listed:
+                raise ValueError(
+                    f"company_query {company_query!r} matches no company of the account; "
+                    "check it against Codat's query language (e.g. 'name~Acme')"
+                )
+            return listed
         found = []
         for company_id in company_ids:
             try:
@@ -286,6 +312,34 @@ def codat_source(
     return resources
 
 
+def setting(name: str) -> str:
+    """A source option as a user sets it: `page_size (SOURCES__CODAT__PAGE_SIZE)`."""
+    return f"{name} (SOURCES__CODAT__{name.upper()})"
+
+
+def _check_options(
+    company_ids: list[str] | None,
+    company_query: str | None,
+    page_size: int,
+    request_budget: int | None,
+    max_attempts: int,
+) -> None:
+    """Reject options that would widen the run or spend requests on nothing."""
+    if company_ids is not None and (not company_ids or not all(str(c).strip() for c in company_ids)):
+        raise ValueError(
+            f"{setting('company_ids')} names no company id (an empty list or an empty id); "
+            "leave it unset to sync every company"
+        )
+    if company_query is not None and not company_query.strip():
+        raise ValueError(f"{setting('company_query')} is empty; leave it unset to sync every company")
+    if not 1 <= page_size <= 5000:
+        raise ValueError(f"{setting('page_size')} must be between 1 and 5000 (Codat's limit): {page_size}")
+    if request_budget is not None and request_budget < 1:
+        raise ValueError(f"{setting('request_budget')} must be at least 1 request; got {request_budget}")
+    if max_attempts < 1:
+        raise ValueError(f"{setting('max_attempts')} must be at least 1; got {max_attempts}")
+
+
 def _window(since: str | None, until: str | None) -> tuple[Any, Any]:
     bounds = []
     for name, value in (("since", since), ("until", until)):
@@ -295,4 +349,6 @@ def _window(since: str | None, until: str | None) -> tuple[Any, Any]:
                 f"{name} must be a date such as 2024-01-31 or 2024-01-31T12:00:00Z; got {value!r}"
             )
         bounds.append(moment)
+    if bounds[0] is not None and bounds[1] is not None and bounds[0] >= bounds[1]:
+        raise ValueError(f"since ({since}) must be before until ({until}): the window holds no instant")
     return bounds[0], bounds[1]

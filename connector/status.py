@@ -8,11 +8,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connector.client import CodatApiError, RequestCounter
+from connector.pacing import API_UNREACHABLE, QUOTA_SPENT, RunStopped, StopSwitch
 
 OK = "ok"
 UNCHANGED = "unchanged"
 SKIPPED = "skipped"
+NOT_READY = "not_ready"  # Codat has not read the company's customers yet (409): not an error
 FAILED = "failed"
+# The run stopped sending requests before this company was done; the next run goes on.
+STOPPED_STATUSES = {API_UNREACHABLE: "api_unreachable", QUOTA_SPENT: "quota_spent"}
+STATUSES = (OK, UNCHANGED, SKIPPED, NOT_READY, FAILED, *STOPPED_STATUSES.values())  # summary order
 
 
 @dataclass
@@ -23,7 +28,9 @@ class CompanyRun:
     company_name: str | None
     status: str = OK
     customers_loaded: int = 0
-    customers_deleted: int = 0
+    customers_deleted: int = 0  # loaded with `isDeleted`
+    first_load: bool = False  # no cursor before this run: every customer is new to the warehouse
+    transient: bool = False  # the error was no answer, a `5xx` or a `429`
     attachments_loaded: int = 0
     attachments_deferred: int = 0
     deferral_reason: str | None = None
@@ -34,16 +41,29 @@ class CompanyRun:
     correlation_id: str | None = None
     notes: list[str] = field(default_factory=list)
 
-    def fail(self, exc: CodatApiError | Exception) -> None:
+    def fail(self, exc: CodatApiError | Exception, status: str = FAILED) -> None:
         """Record a failure; the first one is kept as the company's error."""
-        if self.status == FAILED:
+        if self.error is not None:
             self.notes.append(str(exc))
             return
-        self.status = FAILED
+        self.status = status
         self.error = str(exc)
         if isinstance(exc, CodatApiError):
             self.http_status = exc.status
             self.correlation_id = exc.correlation_id
+            self.transient = exc.status is None or exc.status == 429 or exc.status >= 500
+
+    def not_ready(self, exc: CodatApiError) -> None:
+        """Codat has not read the company's customers (`409`), or is reading them."""
+        self.fail(exc, NOT_READY)
+        self.error = exc.error  # Codat's reason, for the summary and `sync_status`
+
+    def stopped(self, reason: RunStopped) -> None:
+        """The run stopped before this company was done; whatever it said before is a note."""
+        if self.error is not None:
+            self.notes.append(self.error)
+        self.status = STOPPED_STATUSES[reason.kind]
+        self.error = str(reason)
 
 
 @dataclass
@@ -53,6 +73,8 @@ class RunLedger:
     run_started: datetime = field(default_factory=lambda: datetime.now(UTC))
     companies: dict[str, CompanyRun] = field(default_factory=dict)
     requests: RequestCounter = field(default_factory=RequestCounter)
+    stop: StopSwitch = field(default_factory=StopSwitch)  # the client's: why requests stopped
+    quota_low: RunStopped | None = None  # attachment listings stopped at the quota's reserve
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def company(self, company_id: str, name: str | None = None) -> CompanyRun:
@@ -80,11 +102,27 @@ class RunLedger:
         """Companies that failed in this run."""
         return [c for c in self.companies.values() if c.status == FAILED]
 
+    def settle(self) -> None:
+        """Once the run has stopped, mark the companies it cut short as stopped, not failed or ok.
+
+        They are the failures the stop explains (no answer, `5xx`, `429`), and the companies
+        whose attachment listings it deferred.
+        """
+        reason = self.stop.reason or self.quota_low
+        if reason is None:
+            return
+        for run in self.companies.values():
+            cut_short = run.status in (OK, UNCHANGED) and run.deferral_reason == str(reason)
+            if (run.status == FAILED and run.transient) or cut_short:
+                run.stopped(reason)
+
     def rows(self, load_id: str | None) -> list[dict[str, Any]]:
         """The `sync_status` rows of this run, one per company."""
         rows = []
         for run in self.companies.values():
             row = asdict(run)
+            for internal in ("first_load", "transient"):
+                del row[internal]
             row["requests"] = self.requests.by_company.get(run.company_id, 0)
             row["notes"] = "; ".join(run.notes) or None
             row["run_started_at"] = self.run_started

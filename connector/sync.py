@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import dlt
 from dlt.common.destination import TLoaderFileFormat
-from dlt.common.pipeline import LoadInfo
+from dlt.common.destination.exceptions import SqlClientNotAvailable
 from dlt.common.schema.typing import TTableSchemaColumns
+from dlt.destinations.exceptions import DatabaseException
 
 from connector.batches import CHILD_TABLES
+from connector.destinations import check_destination, describe_destination
+from connector.lock import pipeline_lock
+from connector.pacing import API_UNREACHABLE, RunStopped
 from connector.source import codat_source
-from connector.status import FAILED, RunLedger
+from connector.status import FAILED, NOT_READY, OK, STATUSES, RunLedger
 from connector.views import create_views, has_table, prune_child_rows
+
+logger = logging.getLogger(__name__)
 
 # Destinations whose CSV load (dlt's default for Arrow there) turns "" into NULL.
 COPY_NULLS_EMPTY = frozenset({"postgres"})
+STATUS_KEY = ("load_id", "company_id")  # a run's row per company, written once however often loaded
 STATUS_COLUMNS: TTableSchemaColumns = {
     "company_id": {"data_type": "text", "nullable": False},
     "company_name": {"data_type": "text"},
@@ -29,50 +39,91 @@ STATUS_COLUMNS: TTableSchemaColumns = {
     "deferral_reason": {"data_type": "text"},
     "requests": {"data_type": "bigint"},
     "run_started_at": {"data_type": "timestamp"},
-    "load_id": {"data_type": "text"},
+    "load_id": {"data_type": "text", "nullable": False},
 }
+# Exit codes of a run, one per way it can end (the README's "Operations" lists what to do).
+EXIT_OK = 0  # every company synced, or is not ready in Codat yet
+EXIT_COMPANY_FAILED = 1  # a company failed (or, with --strict, is not ready)
+EXIT_BAD_INPUT = 2  # bad options, configuration or destination: nothing was synced
+EXIT_API_UNREACHABLE = 3  # the API stopped answering; what is left waits for the next run
+EXIT_QUOTA_SPENT = 4  # Codat's daily quota is spent; the next run resumes
+EXIT_BUSY = 5  # another run holds the pipeline, or another process the DuckDB file
 
 
 @dataclass
 class SyncSummary:
-    """What a run did, for the command line's closing lines."""
+    """What a run did, for the command line's closing lines and exit code."""
 
     companies: int
     failed: list[str]
     customers_new: int
     customers_updated: int
-    customers_deleted: int
+    customers_deleted: int  # deleted in Codat since the last run
     attachments: int
     files: int
     requests: int
     seconds: float
     load_id: str | None
+    customers_already_deleted: int = 0  # first loaded already deleted
     views: list[str] = field(default_factory=list)
     status_rows: list[dict[str, Any]] = field(default_factory=list)
     steps: dict[str, float] = field(default_factory=dict)  # seconds of extract, normalize, load
     attachments_deferred: int = 0
     deferral_reasons: list[str] = field(default_factory=list)
+    stopped: RunStopped | None = None
+    quota_low: RunStopped | None = None  # attachment listings left for the daily quota's reserve
+    destination: str = ""
+    interrupted: list[str] = field(default_factory=list)  # what earlier runs left, loaded first
 
     @property
     def ok(self) -> bool:
-        """Whether every company synced."""
-        return not self.failed
+        """Whether every company synced (or is not ready) and the run was not cut short."""
+        return not self.failed and self.stopped is None
+
+    def exit_code(self, strict: bool = False) -> int:
+        """The command's exit status: the gravest way this run ended."""
+        if self.stopped is not None:
+            return EXIT_API_UNREACHABLE if self.stopped.kind == API_UNREACHABLE else EXIT_QUOTA_SPENT
+        if self.quota_low is not None:
+            return EXIT_QUOTA_SPENT
+        not_ready = any(row["status"] == NOT_READY for row in self.status_rows)
+        return EXIT_COMPANY_FAILED if self.failed or (strict and not_ready) else EXIT_OK
 
     def lines(self) -> list[str]:
         """A human summary, one fact per line."""
+        counts = _other_statuses(self.status_rows)
+        already = self.customers_already_deleted
         lines = [
-            f"companies: {self.companies} ({len(self.failed)} failed)",
+            *self.interrupted,
+            f"companies: {self.companies} ({len(self.failed)} failed{counts})",
             f"customers: {self.customers_new} new, {self.customers_updated} updated, "
-            f"{self.customers_deleted} deleted",
+            f"{self.customers_deleted} deleted" + (f", {already} loaded already deleted" if already else ""),
             f"attachments: {self.attachments} listed, {self.files} files downloaded"
             + _deferred_text(self.attachments_deferred, self.deferral_reasons),
             f"requests spent: {self.requests}",
+            *([f"data: {self.destination}"] if self.destination else []),
             f"time: {self.seconds:.1f} s" + _step_text(self.steps),
         ]
         for row in self.status_rows:
             if row["status"] == FAILED:
                 lines.append(f"FAILED {row['company_id']}: {row['error']}")
+            elif row["status"] == NOT_READY:
+                lines.append(f"NOT READY {row['company_id']} ({row['company_name']}): {row['error']}")
+        if self.stopped is not None:
+            lines.append(f"STOPPED: {self.stopped}; the next run resumes where this one stopped")
+        elif self.quota_low is not None:
+            lines.append(f"STOPPED: {self.quota_low}; the next run lists the rest first")
         return lines
+
+
+def _other_statuses(rows: list[dict[str, Any]]) -> str:
+    """The statuses other than ok and failed, counted: ", 1 skipped, 2 not_ready"."""
+    found = [row["status"] for row in rows]
+    return "".join(
+        f", {found.count(status)} {status}"
+        for status in STATUSES
+        if status not in (OK, FAILED) and status in found
+    )
 
 
 def _deferred_text(deferred: int, reasons: list[str]) -> str:
@@ -86,29 +137,29 @@ def _step_text(steps: dict[str, float]) -> str:
     return f" ({', '.join(f'{name} {secs:.1f} s' for name, secs in steps.items())})" if steps else ""
 
 
-def step_seconds(pipeline: dlt.Pipeline) -> dict[str, float]:
-    """Seconds of each step (extract, normalize, load) of the pipeline's last run."""
-    trace = pipeline.last_trace
-    if trace is None:
-        return {}
-    return {
-        str(step.step): (step.finished_at - step.started_at).total_seconds()
-        for step in trace.steps
-        if step.step in ("extract", "normalize", "load") and step.finished_at is not None
-    }
+@dataclass
+class CustomerCounts:
+    """Distinct customers in the destination, and how many of them are deleted."""
+
+    customers: int = 0
+    deleted: int = 0
 
 
-def count_customers(pipeline: dlt.Pipeline) -> int:
+def count_customers(pipeline: dlt.Pipeline) -> CustomerCounts:
     """Distinct customers in the destination (appending destinations keep every version)."""
     if not has_table(pipeline, "customers"):
-        return 0
+        return CustomerCounts()
     try:
         with pipeline.sql_client() as sql:
             table = sql.make_qualified_table_name("customers")
-            rows = sql.execute_sql(f"SELECT COUNT(*) FROM (SELECT DISTINCT company_id, id FROM {table}) k")
-            return int(rows[0][0]) if rows else 0
-    except Exception:  # noqa: BLE001 - no SQL on this destination, or the table was never loaded
-        return 0
+            rows = sql.execute_sql(
+                "SELECT COUNT(*), COALESCE(SUM(d), 0) FROM (SELECT company_id, id, "
+                f"MAX(CASE WHEN is_deleted THEN 1 ELSE 0 END) AS d FROM {table} GROUP BY company_id, id) k"
+            )
+    except (SqlClientNotAvailable, DatabaseException) as exc:  # no SQL here, or no table yet
+        logger.info("Customers not counted: %s", exc)
+        return CustomerCounts()
+    return CustomerCounts(int(rows[0][0]), int(rows[0][1])) if rows else CustomerCounts()
 
 
 def arrow_file_format(pipeline: dlt.Pipeline) -> TLoaderFileFormat | None:
@@ -144,8 +195,56 @@ def detach_child_tables(pipeline: dlt.Pipeline) -> bool:
     return bool(nested)
 
 
+@contextmanager
+def _timed(steps: dict[str, float], name: str) -> Iterator[None]:
+    began = time.monotonic()
+    try:
+        yield
+    finally:
+        steps[name] = steps.get(name, 0.0) + time.monotonic() - began
+
+
+def finish_interrupted(pipeline: dlt.Pipeline) -> list[str]:
+    """Restore state from the destination if need be, and load what an interrupted run left.
+
+    dlt's `run` without data does both. Returns summary lines on the finished packages,
+    from the `sync_status` rows they held when the interrupted run got that far.
+    """
+    info = pipeline.run()
+    if info is None or not info.loads_ids:
+        return []
+    ids = list(info.loads_ids)
+    lines = [f"interrupted run finished first: {len(ids)} load package(s) {', '.join(ids)}"]
+    if not has_table(pipeline, "sync_status"):
+        return lines
+    try:
+        with pipeline.sql_client() as sql:
+            table = sql.make_qualified_table_name("sync_status")
+            marks = ", ".join(["%s"] * len(ids))
+            rows = sql.execute_sql(
+                f"SELECT COUNT(*), SUM(customers_loaded), SUM(attachments_loaded) FROM {table} "
+                f"WHERE load_id IN ({marks}) OR _dlt_load_id IN ({marks})",
+                *ids,
+                *ids,
+            )
+    except (SqlClientNotAvailable, DatabaseException) as exc:
+        logger.info("Interrupted run not summed up: %s", exc)
+        return lines
+    if rows and rows[0][0]:
+        companies, customers, attachments = rows[0]
+        lines.append(
+            f"interrupted run held: {companies} companies, {customers or 0} customers, "
+            f"{attachments or 0} attachments"
+        )
+    return lines
+
+
 def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_options: Any) -> SyncSummary:
     """Sync Codat into the pipeline's destination and record the run in `sync_status`.
+
+    One run at a time per pipeline (`connector.lock`). What an interrupted run left is loaded
+    first. The run's `sync_status` rows are extracted as soon as its customers are, and so
+    land even if the process dies before loading: the next run loads them.
 
     Args:
         pipeline: The dlt pipeline (destination and dataset chosen by the caller).
@@ -153,41 +252,63 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
         **source_options: Passed to `codat_source` (company_ids, since, download_files, ...).
 
     Returns:
-        The run's summary; `ok` is False when any company failed.
+        The run's summary; `exit_code()` tells how it ended.
+
+    Raises:
+        PipelineBusy: Another run holds the pipeline.
+        DestinationLocked: Another process holds the DuckDB file.
     """
     started = time.monotonic()
-    ledger = RunLedger()
-    source = codat_source(ledger=ledger, **source_options)
-    if pipeline.has_pending_data:
-        # An interrupted run left packages behind: dlt's `run` would only finish those.
-        pipeline.run()
-    detach_child_tables(pipeline)
-    before = 0 if full_refresh else count_customers(pipeline)
-    run_options: dict[str, Any] = {"loader_file_format": arrow_file_format(pipeline)}
-    if full_refresh:
-        run_options["refresh"] = "drop_sources"
-    info: LoadInfo = pipeline.run(source, **run_options)
-    load_id = info.loads_ids[-1] if info.loads_ids else None
-    steps = step_seconds(pipeline)
-    after = count_customers(pipeline)
-    prune_child_rows(pipeline)
-    views = create_views(pipeline)
-    status_rows = ledger.rows(load_id)
-    if status_rows:
-        pipeline.run(
-            status_rows, table_name="sync_status", write_disposition="append", columns=STATUS_COLUMNS
-        )
+    with pipeline_lock(pipeline.pipelines_dir, pipeline.pipeline_name):
+        check_destination(pipeline)
+        ledger = RunLedger()
+        source = codat_source(ledger=ledger, **source_options)  # checks its options: no request yet
+        interrupted = finish_interrupted(pipeline)
+        detach_child_tables(pipeline)
+        before = CustomerCounts() if full_refresh else count_customers(pipeline)
+        steps: dict[str, float] = {}
+        options: dict[str, Any] = {"loader_file_format": arrow_file_format(pipeline)}
+        if full_refresh:
+            options["refresh"] = "drop_sources"
+        with _timed(steps, "extract"):
+            extracted = pipeline.extract(source, **options)
+            load_id = extracted.loads_ids[-1] if extracted.loads_ids else None
+            ledger.settle()
+            status_rows = ledger.rows(load_id)
+            if status_rows:
+                pipeline.extract(
+                    status_rows,
+                    table_name="sync_status",
+                    write_disposition="merge",
+                    primary_key=STATUS_KEY,
+                    columns=STATUS_COLUMNS,
+                )
+        with _timed(steps, "normalize"):
+            pipeline.normalize()
+        with _timed(steps, "load"):
+            pipeline.load()
+        after = count_customers(pipeline)
+        prune_child_rows(pipeline)
+        views = create_views(pipeline)
     runs = ledger.companies.values()
     loaded = sum(r.customers_loaded for r in runs)
-    deleted = sum(r.customers_deleted for r in runs)
+    first_deleted = sum(r.customers_deleted for r in runs if r.first_load)
     hard = bool(source_options.get("hard_delete"))
-    new = max(after - before + (deleted if hard else 0), 0)
+    if hard:  # deleted customers are removed, not counted in the destination
+        deleted = sum(r.customers_deleted for r in runs if not r.first_load)
+        new = max(after.customers - before.customers + deleted, 0)
+        updated = loaded - new - deleted - first_deleted
+    else:
+        deleted = max(after.deleted - before.deleted - first_deleted, 0)
+        new = max(after.customers - before.customers, 0)
+        updated = loaded - new - deleted
     return SyncSummary(
         companies=len(ledger.companies),
         failed=[r.company_id for r in ledger.failed],
         customers_new=new,
-        customers_updated=max(loaded - new - deleted, 0),
+        customers_updated=max(updated, 0),
         customers_deleted=deleted,
+        customers_already_deleted=first_deleted,
         attachments=sum(r.attachments_loaded for r in runs),
         files=sum(r.files_downloaded for r in runs),
         attachments_deferred=ledger.attachments_deferred,
@@ -198,4 +319,8 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
         views=views,
         status_rows=status_rows,
         steps=steps,
+        stopped=ledger.stop.reason,
+        quota_low=ledger.quota_low,
+        destination=describe_destination(pipeline),
+        interrupted=interrupted,
     )

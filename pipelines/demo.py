@@ -21,6 +21,7 @@ import duckdb
 
 from connector import cli
 from connector.emulator.launch import EmulatorStartError, emulator_process
+from connector.sync import EXIT_OK
 
 SEED, COMPANIES, CUSTOMERS = 7, 3, 2000
 # Codat allows 1,000 requests a minute; the demo's emulator allows 1,000 every 6 s (and the sync
@@ -100,7 +101,7 @@ def sync(base_url: str, title: str, pipelines_dir: str, progress: bool) -> None:
         code = cli.main(argv)
     for line in out.getvalue().splitlines():
         print(f"   {line}")
-    if code != cli.EXIT_OK:
+    if code != EXIT_OK:
         raise DemoError(f"codat-sync exited with {code}")
     stats = control(base_url, "GET", "stats")
     by_operation = ", ".join(f"{op} {n}" for op, n in sorted(stats["by_operation"].items()))

@@ -68,6 +68,17 @@ def readable(emulator: Emulator) -> list[Any]:
     ]
 
 
+def attachment_keys(emulator: Emulator) -> set[tuple[str, str, str, str]]:
+    """Every (company, connection, customer, attachment) a complete sync lists."""
+    keys = set()
+    for company in readable(emulator):
+        accounting = {c.id for c in company.accounting_connections}
+        for (connection_id, customer_id), items in company.attachments.items():
+            if connection_id in accounting:
+                keys.update((company.id, connection_id, customer_id, a.id) for a in items)
+    return keys
+
+
 def expected_customers(emulator: Emulator) -> dict[tuple[str, str], dict[str, Any]]:
     """What the customers table must hold, mapped as the connector documents."""
     expected = {}

@@ -22,7 +22,7 @@ from tests.conftest import API_KEY
 from tests.synctools import Warehouse, expected_customers, normalise, readable
 
 REPO = Path(__file__).resolve().parents[1]
-QUOTA_SPENT = "daily quota spent (Retry-After 7200 s)"
+QUOTA_SPENT = "daily quota spent: Retry-After 7200 s"
 
 
 def deferred(summary) -> int:
@@ -55,7 +55,9 @@ def test_a_spent_quota_mid_listing_defers_the_rest_and_the_next_run_lists_exactl
     assert len(done) == allowed
     assert refused
     assert len(set(refused)) == len(refused)  # final at once: no refused listing retried
-    assert first.ok  # the companies did not fail: their listings wait
+    assert first.failed == []  # the companies did not fail: their listings wait
+    assert str(first.stopped) == QUOTA_SPENT
+    assert first.exit_code() == 4
     assert normalise(warehouse.customers()) == expected_customers(emulator)
     assert deferred(first) == len(everything) - allowed
     assert reasons(first) == {QUOTA_SPENT}
@@ -92,7 +94,7 @@ def test_listings_stop_at_the_daily_quota_reserve_without_a_single_429(
     assert emulator.limiter.used <= emulator.limiter.limit - reserve + 3
     assert listable - 30 <= len(done) <= listable + 3
     assert deferred(first) == len(everything) - len(done)
-    assert {r.split(" (")[0] for r in reasons(first)} == {"daily quota nearly spent"}
+    assert {r.split(": ")[0] for r in reasons(first)} == {"daily quota spent"}
     assert normalise(warehouse.customers()) == expected_customers(emulator)
     emulator.limiter.daily_limit = None
     emulator.limiter.reset()

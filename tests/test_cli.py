@@ -54,6 +54,10 @@ def summary(out: str) -> list[str]:
     return [line for line in lines if not TIME_LINE.match(line)]
 
 
+def data_line(tmp_path: Path) -> str:
+    return f"data: duckdb file {(tmp_path / DB_NAME).resolve()}, dataset codat"
+
+
 def rows(tmp_path: Path, sql: str) -> list[tuple]:
     with duckdb.connect(str(tmp_path / DB_NAME), read_only=True) as con:
         return con.sql(sql).fetchall()
@@ -99,12 +103,13 @@ def test_a_clean_run_exits_0_and_prints_what_it_loaded(emulator: Emulator, tmp_p
     code = codat_sync(tmp_path)
 
     out, err = capsys.readouterr()
-    assert code == cli.EXIT_OK, err
+    assert code == 0, err
     assert summary(out) == [
         "companies: 3 (0 failed)",
-        f"customers: {customers} new, 0 updated, {deleted_count(emulator)} deleted",
+        f"customers: {customers} new, 0 updated, 0 deleted, {deleted_count(emulator)} loaded already deleted",
         f"attachments: {attachment_count(emulator)} listed, 0 files downloaded",
         f"requests spent: {len(emulator.request_log)}",
+        data_line(tmp_path),
     ]
     assert len(emulator.request_log) == 1 + 3 + customers  # companies, a page each, attachments
     assert rows(tmp_path, "SELECT COUNT(*) FROM codat.customers") == [(customers,)]
@@ -117,39 +122,48 @@ def test_a_clean_run_exits_0_and_prints_what_it_loaded(emulator: Emulator, tmp_p
 def test_a_second_run_without_changes_loads_nothing_for_one_request(
     emulator: Emulator, tmp_path, capsys
 ) -> None:
-    assert codat_sync(tmp_path) == cli.EXIT_OK
+    assert codat_sync(tmp_path) == 0
     capsys.readouterr()
     emulator.clear_log()
 
     code = codat_sync(tmp_path)
 
-    assert code == cli.EXIT_OK
+    assert code == 0
     assert summary(capsys.readouterr().out) == [
-        "companies: 3 (0 failed)",
+        "companies: 3 (0 failed, 3 unchanged)",
         "customers: 0 new, 0 updated, 0 deleted",
         "attachments: 0 listed, 0 files downloaded",
         "requests spent: 1",
+        data_line(tmp_path),
     ]
     assert operations(emulator) == ["list-companies"]
 
 
-def test_a_failed_company_exits_1_and_names_it(emulator: Emulator, tmp_path, capsys) -> None:
+@pytest.mark.parametrize(("strict", "exit_code"), [(False, 0), (True, 1)], ids=["default", "strict"])
+def test_companies_codat_has_not_read_are_not_ready_not_failed(
+    emulator: Emulator, tmp_path, capsys, strict: bool, exit_code: int
+) -> None:
     emulator.reset(7, 6, 300)
     companies = list(emulator.store.companies.values())
-    failing = [c for c in companies if c.customers_status != STATUS_COMPLETE and c.accounting_connections]
-    assert len(failing) == 2  # never read, and a read still running
+    unread = [c for c in companies if c.customers_status != STATUS_COMPLETE and c.accounting_connections]
+    assert len(unread) == 2  # never read, and a read still running
 
-    code = codat_sync(tmp_path)
+    code = codat_sync(tmp_path, *(["--strict"] if strict else []))
 
-    out, _ = capsys.readouterr()
-    assert code == cli.EXIT_COMPANY_FAILED
+    out, err = capsys.readouterr()
+    assert code == exit_code
     lines = out.splitlines()
-    assert lines[0] == "companies: 6 (2 failed)"
-    failed_lines = [line for line in lines if line.startswith("FAILED ")]
-    assert sorted(line.split(":")[0] for line in failed_lines) == sorted(f"FAILED {c.id}" for c in failing)
-    for line in failed_lines:
-        assert "HTTP 409: The data set has not been requested." in line
-        assert "correlationId" in line
+    assert lines[0] == "companies: 6 (0 failed, 1 skipped, 2 not_ready)"
+    assert not [line for line in lines if line.startswith("FAILED ")]
+    not_ready = sorted(line for line in lines if line.startswith("NOT READY "))
+    assert not_ready == sorted(
+        f"NOT READY {c.id} ({c.name}): The data set has not been requested." for c in unread
+    )
+    assert "409" not in err  # not an error: nothing on stderr for cron to mail
+    statuses = rows(tmp_path, "SELECT company_id, status, http_status, error FROM codat.sync_status")
+    assert {r for r in statuses if r[1] == "not_ready"} == {
+        (c.id, "not_ready", 409, "The data set has not been requested.") for c in unread
+    }
     stored = rows(tmp_path, "SELECT DISTINCT company_id FROM codat.customers")
     assert {cid for (cid,) in stored} == {c.id for c in readable(emulator) if c.customers}
 
@@ -162,7 +176,7 @@ def test_a_missing_api_key_exits_2_naming_the_variable(
     code = codat_sync(tmp_path)
 
     out, err = capsys.readouterr()
-    assert code == cli.EXIT_ERROR
+    assert code == 2
     assert out == ""
     assert "missing configuration: api_key" in err
     assert "SOURCES__CODAT__API_KEY" in err
@@ -184,7 +198,7 @@ def test_bad_arguments_exit_2_before_any_request(
     code = cli.main(["--pipelines-dir", str(tmp_path / "pipelines"), "--quiet", *args])
 
     out, err = capsys.readouterr()
-    assert code == cli.EXIT_ERROR
+    assert code == 2
     assert out == ""
     assert err.startswith("codat-sync: ")
     assert message in err
@@ -196,7 +210,7 @@ def test_companies_and_company_query_exclude_each_other(tmp_path, capsys) -> Non
     with pytest.raises(SystemExit) as exit_info:
         codat_sync(tmp_path, "--companies", "a", "--company-query", "name~Acme")
 
-    assert exit_info.value.code == cli.EXIT_ERROR
+    assert exit_info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
 
 
@@ -206,10 +220,11 @@ def test_companies_selects_only_those(emulator: Emulator, tmp_path, capsys) -> N
 
     code = codat_sync(tmp_path, "--companies", f"{chosen[0]}, {chosen[1]}")
 
-    assert code == cli.EXIT_OK
+    assert code == 0
     assert summary(capsys.readouterr().out)[:2] == [
         "companies: 2 (0 failed)",
-        f"customers: {customers} new, 0 updated, {deleted_count(emulator, set(chosen))} deleted",
+        f"customers: {customers} new, 0 updated, 0 deleted, "
+        f"{deleted_count(emulator, set(chosen))} loaded already deleted",
     ]
     assert {e["company_id"] for e in emulator.request_log} == set(chosen)
     assert "list-companies" not in operations(emulator)
@@ -221,9 +236,9 @@ def test_companies_selects_only_those(emulator: Emulator, tmp_path, capsys) -> N
 def test_no_attachments_lists_none(emulator: Emulator, tmp_path, capsys) -> None:
     code = codat_sync(tmp_path, "--no-attachments")
 
-    assert code == cli.EXIT_OK
+    assert code == 0
     out = summary(capsys.readouterr().out)
-    assert out[2:] == ["attachments: 0 listed, 0 files downloaded", "requests spent: 4"]
+    assert out[2:] == ["attachments: 0 listed, 0 files downloaded", "requests spent: 4", data_line(tmp_path)]
     assert "list-customer-attachments" not in operations(emulator)
     assert "customer_attachments" not in tables(tmp_path)
     assert rows(tmp_path, "SELECT COUNT(*) FROM codat.customers") == [
@@ -233,18 +248,19 @@ def test_no_attachments_lists_none(emulator: Emulator, tmp_path, capsys) -> None
 
 def test_full_refresh_loads_everything_again(emulator: Emulator, tmp_path, capsys) -> None:
     customers = sum(len(c.customers) for c in readable(emulator))
-    assert codat_sync(tmp_path) == cli.EXIT_OK
+    assert codat_sync(tmp_path) == 0
     capsys.readouterr()
     emulator.clear_log()
 
     code = codat_sync(tmp_path, "--full-refresh")
 
-    assert code == cli.EXIT_OK
+    assert code == 0
     assert summary(capsys.readouterr().out) == [
         "companies: 3 (0 failed)",
-        f"customers: {customers} new, 0 updated, {deleted_count(emulator)} deleted",
+        f"customers: {customers} new, 0 updated, 0 deleted, {deleted_count(emulator)} loaded already deleted",
         f"attachments: {attachment_count(emulator)} listed, 0 files downloaded",
         f"requests spent: {1 + 3 + customers}",
+        data_line(tmp_path),
     ]
     assert len(emulator.request_log) == 1 + 3 + customers
     assert rows(tmp_path, "SELECT COUNT(*), COUNT(DISTINCT (company_id, id)) FROM codat.customers") == [
@@ -253,7 +269,8 @@ def test_full_refresh_loads_everything_again(emulator: Emulator, tmp_path, capsy
 
 
 def test_the_api_key_never_leaks(emulator: Emulator, tmp_path, capsys, caplog, monkeypatch) -> None:
-    emulator.reset(7, 6, 300)  # failures and skips, so errors are logged and stored too
+    emulator.reset(7, 6, 300)  # skips and companies not ready, stored too
+    emulator.add_fault("404", match="/attachments")  # a failure, logged and stored
     monkeypatch.setenv("RUNTIME__LOG_LEVEL", "DEBUG")
     dlt_logger = logging.getLogger("dlt")  # dlt's logger does not propagate to the root
     dlt_logger.addHandler(caplog.handler)
@@ -266,7 +283,7 @@ def test_the_api_key_never_leaks(emulator: Emulator, tmp_path, capsys, caplog, m
     finally:
         dlt_logger.removeHandler(caplog.handler)
 
-    assert (first, second) == (cli.EXIT_COMPANY_FAILED, cli.EXIT_COMPANY_FAILED)
+    assert (first, second) == (1, 0)
     secrets = (API_KEY, base64.b64encode(API_KEY.encode()).decode())
     out, err = capsys.readouterr()
     assert "files downloaded" in out

@@ -187,8 +187,11 @@ def test_a_429_asking_for_hours_is_final_at_once(emulator: Emulator, base_url: s
         client.get_company(company.id)
 
     assert (failure.value.status, failure.value.retry_after) == (429, 7200)
-    assert client.quota_spent(failure.value)
     assert client.pacer.quota.spent_for == 7200
+    assert str(client.stopped) == "daily quota spent: Retry-After 7200 s"
+    with pytest.raises(CodatApiError) as not_sent:
+        client.data_status(company.id)
+    assert not_sent.value.stopped == "daily quota spent"
     assert len(emulator.request_log) == 1
 
 
