@@ -15,6 +15,7 @@ from dlt.common.configuration.exceptions import (
     ConfigFieldMissingException,
     ConfigValueCannotBeCoercedException,
 )
+from dlt.common.destination.exceptions import UnknownDestinationModule
 from dlt.common.runtime.collector import LogCollector, TqdmCollector
 from dlt.pipeline.exceptions import PipelineStepFailed
 
@@ -164,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ConfigValueCannotBeCoercedException as exc:
         return fail(coercion_problem(exc))
+    except UnknownDestinationModule:
+        return fail(
+            f"--destination {args.destination!r} is not a dlt destination; use duckdb, postgres, "
+            "filesystem, bigquery, snowflake, ... (install its extra, e.g. '.[postgres]')"
+        )
     except (PipelineBusy, DestinationLocked) as exc:
         return fail(str(exc), EXIT_BUSY)
     except DestinationUnusable as exc:

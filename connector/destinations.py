@@ -37,9 +37,9 @@ def duckdb_file(path: str | Path) -> Path:
     try:
         resolved.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DestinationUnusable(
-            f"cannot create the folder {resolved.parent} for the DuckDB file: {exc.strerror or exc}"
-        ) from None
+        why = "it is a file, not a folder" if resolved.parent.exists() else exc.strerror or str(exc)
+        folder = resolved.parent
+        raise DestinationUnusable(f"cannot create the folder {folder} for the DuckDB file: {why}") from None
     return resolved
 
 

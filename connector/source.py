@@ -169,6 +169,12 @@ def codat_source(
     """
     window = _window(since, until)
     _check_options(company_ids, company_query, page_size, request_budget, max_attempts)
+    _check_not_negative(
+        max_file_size=max_file_size,
+        quota_reserve=quota_reserve,
+        max_retry_wait=max_retry_wait,
+        backoff_factor=backoff_factor,
+    )
     client = CodatClient(
         api_key,
         base_url,
@@ -338,6 +344,12 @@ def _check_options(
         raise ValueError(f"{setting('request_budget')} must be at least 1 request; got {request_budget}")
     if max_attempts < 1:
         raise ValueError(f"{setting('max_attempts')} must be at least 1; got {max_attempts}")
+
+
+def _check_not_negative(**values: float) -> None:
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"{setting(name)} must be 0 or more; got {value}")
 
 
 def _window(since: str | None, until: str | None) -> tuple[Any, Any]:

@@ -1,0 +1,89 @@
+"""Every row of the README's bad-input table: the input gets its exit code and its one line."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from connector import cli
+from connector.emulator.server import Emulator
+from tests.conftest import API_KEY
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+ROW = re.compile(r"^\| `(?P<input>.+)` \| (?P<exit>\d) \| `(?P<message>.+)` \|$")
+# Rows whose input can only be judged from an answer of the API.
+ASKS_THE_API = ("ZZZnomatch", "wrong-key", "127.0.0.1:9")
+
+
+def table() -> list[tuple[str, int, str]]:
+    """The rows between the README's bad-input markers."""
+    text = README.read_text()
+    block = text.split("<!-- bad-input:start -->")[1].split("<!-- bad-input:end -->")[0]
+    rows = [ROW.match(line) for line in block.splitlines()[3:] if line.strip()]
+    assert all(rows), "a row of the bad-input table is not `input` | exit | `message`"
+    return [(m["input"], int(m["exit"]), m["message"]) for m in rows if m]
+
+
+ROWS = table()
+
+
+def test_the_table_covers_every_kind_of_bad_input() -> None:
+    inputs = " ".join(row[0] for row in ROWS)
+    assert len(ROWS) >= 20
+    for flag in ("--companies", "--company-query", "--request-budget", "--since", "--duckdb-file"):
+        assert flag in inputs, flag
+    for setting in ("PAGE_SIZE", "ATTACHMENT_CONCURRENCY", "API_KEY", "BASE_URL"):
+        assert f"SOURCES__CODAT__{setting}=" in inputs, setting
+
+
+@pytest.mark.parametrize(("line", "exit_code", "message"), ROWS, ids=[row[0] for row in ROWS])
+def test_bad_input_exits_with_its_code_and_one_line_naming_it(
+    line: str,
+    exit_code: int,
+    message: str,
+    emulator: Emulator,
+    base_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOURCES__CODAT__API_KEY", API_KEY)
+    monkeypatch.setenv("SOURCES__CODAT__BASE_URL", base_url)
+    monkeypatch.setenv("SOURCES__CODAT__BACKOFF_FACTOR", "0.01")
+    words = shlex.split(line)
+    command = words.index("codat-sync")
+    for assignment in words[:command]:
+        name, _, value = assignment.partition("=")
+        monkeypatch.setenv(name, value)
+
+    try:
+        code = cli.main(["--quiet", "--pipelines-dir", str(tmp_path / "pipelines"), *words[command + 1 :]])
+    except SystemExit as exc:  # argparse's own refusals
+        code = int(exc.code or 0)
+
+    out, err = capsys.readouterr()
+    assert code == exit_code, err
+    assert out == ""
+    pattern = ".*".join(re.escape(part) for part in message.split("…"))
+    assert re.fullmatch(pattern, err.splitlines()[-1]), err
+    assert API_KEY not in err
+    if any(marker in line for marker in ASKS_THE_API):
+        assert loaded_tables(tmp_path) == []
+    else:
+        assert not emulator.request_log  # refused before the first request
+        assert not list(tmp_path.glob("*.duckdb"))  # nor was the destination touched
+
+
+def loaded_tables(folder: Path) -> list[tuple[str]]:
+    """The tables of the `codat` dataset in the folder's DuckDB file, if it has one."""
+    database = folder / cli.DEFAULT_DUCKDB_FILE
+    if not database.exists():
+        return []
+    with duckdb.connect(str(database), read_only=True) as con:
+        sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'codat'"
+        return con.sql(sql).fetchall()
