@@ -47,7 +47,7 @@ Json = dict[str, Any]
 Collector = Callable[[], list[Json] | None]
 
 MAX_WORKERS = 32  # threads listing for all companies together
-# Final answers: the listing will not succeed by asking again.
+# Final answers: the listing will not succeed by asking again in this run; the company fails.
 FINAL_STATUSES = frozenset({400, 401, 402, 403, 404, 409})
 
 
@@ -316,12 +316,11 @@ class AttachmentSync:
             self._defer(task, self._stop(str(self.client.stopped)))
             return
         logger.warning("Attachments of customer %r failed: %s", task.customer_id, exc)
-        if exc.status in FINAL_STATUSES:
+        if exc.status in FINAL_STATUSES:  # asking again in this run will not help: say so
             with self._lock:
                 self.ledger.company(task.company_id).fail(exc)
-            self._done(task, [])
-        else:
-            self._defer(task, f"listing failed, retried next run: {exc}")
+        # The customer's cursor has moved on: only its deferral brings the listing back.
+        self._defer(task, f"listing failed, retried next run: {exc}")
 
     def _done(self, task: Task, rows: list[Json]) -> None:
         with self._lock:

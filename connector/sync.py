@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dlt
@@ -17,7 +18,7 @@ from dlt.destinations.exceptions import DatabaseException
 
 from connector.batches import CHILD_TABLES
 from connector.destinations import check_destination, describe_destination
-from connector.lock import pipeline_lock
+from connector.lock import lock_path, pipeline_lock
 from connector.pacing import API_UNREACHABLE, RunStopped
 from connector.source import codat_source
 from connector.status import FAILED, NOT_READY, OK, STATUSES, RunLedger
@@ -239,6 +240,15 @@ def finish_interrupted(pipeline: dlt.Pipeline) -> list[str]:
     return lines
 
 
+def repair_marker(pipeline: dlt.Pipeline) -> Path:
+    """A file saying the child tables may hold rows loaded twice, until a run has repaired them.
+
+    Beside the pipeline's lock, not in its working folder (dlt may wipe that), and on disk so a
+    run killed before it repaired leaves the repair to the next.
+    """
+    return lock_path(pipeline.pipelines_dir, pipeline.pipeline_name).with_suffix(".repair")
+
+
 def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_options: Any) -> SyncSummary:
     """Sync Codat into the pipeline's destination and record the run in `sync_status`.
 
@@ -264,6 +274,9 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
         ledger = RunLedger()
         source = codat_source(ledger=ledger, **source_options)  # checks its options: no request yet
         interrupted = finish_interrupted(pipeline)
+        repair = repair_marker(pipeline)
+        if interrupted:  # its load jobs may have run twice: repair after this run's load
+            repair.touch()
         detach_child_tables(pipeline)
         before = CustomerCounts() if full_refresh else count_customers(pipeline)
         steps: dict[str, float] = {}
@@ -288,7 +301,8 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
         with _timed(steps, "load"):
             pipeline.load()
         after = count_customers(pipeline)
-        prune_child_rows(pipeline)
+        prune_child_rows(pipeline, repair=repair.exists())
+        repair.unlink(missing_ok=True)
         views = create_views(pipeline)
     runs = ledger.companies.values()
     loaded = sum(r.customers_loaded for r in runs)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dlt import Pipeline
 from dlt.common.schema.utils import has_table_seen_data
+from dlt.destinations.sql_client import SqlClientBase
 
 from connector.batches import CHILD_TABLES
 
@@ -49,7 +52,7 @@ def has_table(pipeline: Pipeline, table: str) -> bool:
     return bool(pipeline.default_schema_name) and table in pipeline.default_schema.tables
 
 
-def prune_child_rows(pipeline: Pipeline) -> None:
+def prune_child_rows(pipeline: Pipeline, repair: bool = False) -> None:
     """Delete the child rows of customer versions that were replaced or hard-deleted.
 
     The child tables are appended (dlt merges nested tables only when its own normaliser wrote
@@ -57,6 +60,12 @@ def prune_child_rows(pipeline: Pipeline) -> None:
     versions it replaced behind. They join to no customer (`_dlt_root_id` names a `_dlt_id` that
     is gone); this removes them. Idempotent: what a killed run leaves, the next run removes.
     SQL destinations only: the filesystem destination keeps every version anyway.
+
+    Args:
+        pipeline: The pipeline whose destination holds the tables.
+        repair: Also collapse rows loaded twice. A run killed after the destination committed a
+            load job but before dlt marked it done has that job loaded again when the package is
+            finished; the child tables, appended, then hold its rows twice (same `_dlt_id`).
     """
     if not _holds_sql(pipeline) or not has_table(pipeline, "customers"):
         return
@@ -70,6 +79,24 @@ def prune_child_rows(pipeline: Pipeline) -> None:
                 f"DELETE FROM {child} WHERE NOT EXISTS "
                 f"(SELECT 1 FROM {customers} c WHERE c._dlt_id = {child}._dlt_root_id)"
             )
+            if repair:
+                _collapse_twice_loaded(sql, child, sql.make_qualified_table_name(f"_codat_repair_{table}"))
+
+
+def _collapse_twice_loaded(sql: SqlClientBase[Any], child: str, scratch: str) -> None:
+    """Keep one of each set of identical rows sharing a `_dlt_id` (rare: only after a kill)."""
+    twice = f"SELECT _dlt_id FROM {child} GROUP BY _dlt_id HAVING COUNT(*) > 1"
+    found = sql.execute_sql(f"SELECT COUNT(*) FROM ({twice}) d")
+    if not found or not found[0][0]:
+        return
+    with sql.begin_transaction():
+        sql.execute_sql(f"DROP TABLE IF EXISTS {scratch}")
+        sql.execute_sql(
+            f"CREATE TABLE {scratch} AS SELECT DISTINCT * FROM {child} WHERE _dlt_id IN ({twice})"
+        )
+        sql.execute_sql(f"DELETE FROM {child} WHERE _dlt_id IN (SELECT _dlt_id FROM {scratch})")
+        sql.execute_sql(f"INSERT INTO {child} SELECT * FROM {scratch}")
+        sql.execute_sql(f"DROP TABLE {scratch}")
 
 
 def _holds_sql(pipeline: Pipeline) -> bool:
