@@ -30,7 +30,7 @@ from connector.pacing import (
     checked_in_flight,
 )
 from connector.paging import DEFAULT_PAGE_SIZE, ModifiedDateSeekPaginator, PagingError
-from connector.records import map_attachment, parse_codat_datetime
+from connector.records import Json, map_attachment, parse_codat_datetime
 from connector.status import RunLedger
 from connector.watermarks import (
     LEGACY_STATE_KEY,
@@ -43,7 +43,6 @@ from connector.watermarks import (
 )
 
 logger = logging.getLogger(__name__)
-Json = dict[str, Any]
 Collector = Callable[[], list[Json] | None]
 
 MAX_WORKERS = 32  # threads listing for all companies together

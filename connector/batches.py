@@ -21,10 +21,9 @@ import pyarrow.compute as pc
 from dlt.common.data_types import TDataType
 from dlt.common.schema.typing import TColumnSchema, TTableSchemaColumns
 
-from connector.records import parse_codat_datetime
+from connector.records import Json, parse_codat_datetime
 
 logger = logging.getLogger(__name__)
-Json = dict[str, Any]
 
 ADDRESSES = "customers__addresses"
 CONTACTS = "customers__contacts"

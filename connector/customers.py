@@ -13,6 +13,7 @@ from connector.client import CodatApiError, CodatClient
 from connector.paging import ModifiedDateSeekPaginator, PagingError
 from connector.records import (
     ExtractionClock,
+    Json,
     format_codat_datetime,
     parse_codat_datetime,
     record_hash,
@@ -20,7 +21,6 @@ from connector.records import (
 from connector.status import SKIPPED, UNCHANGED, CompanyRun
 
 logger = logging.getLogger(__name__)
-Json = dict[str, Any]
 
 
 class BoundaryDeduper:

@@ -9,13 +9,14 @@ from urllib.parse import quote
 
 import fsspec
 
+from connector.records import Json
+
 if TYPE_CHECKING:
     from connector.client import CodatClient
     from connector.status import RunLedger
 
 DEFAULT_FILES_URL = "codat_files"
 DEFAULT_MAX_FILE_SIZE = 100 * 1024 * 1024  # QuickBooks Online's and NetSuite's own cap
-Json = dict[str, Any]
 
 
 def safe_segment(value: str) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import dlt
+from dlt.common.configuration.container import Container
+from dlt.common.pipeline import PipelineContext
 from dlt.common.runtime.collector import NULL_COLLECTOR
 from dlt.common.runtime.collector_base import Collector
 
@@ -12,11 +13,12 @@ REQUESTS = "API requests"
 
 
 def current_collector() -> Collector:
-    """The collector of the pipeline running now (`progress=` of `dlt.pipeline`), or a null one."""
-    try:
-        return dlt.current.pipeline().collector
-    except Exception:  # noqa: BLE001 - outside a pipeline run (a source iterated directly)
-        return NULL_COLLECTOR
+    """The collector of the pipeline running now (`progress=` of `dlt.pipeline`).
+
+    Outside a pipeline run (a source iterated directly), a null one.
+    """
+    context = Container()[PipelineContext]
+    return context.pipeline().collector if context.is_active() else NULL_COLLECTOR
 
 
 class Progress:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from connector.client import CodatClient
-
-Json = dict[str, Any]
+from connector.records import Json
 
 PENDING = "Pending"
 SUCCESS = "Success"

@@ -34,10 +34,8 @@ from connector.pacing import (
 )
 from connector.paging import DEFAULT_PAGE_SIZE
 from connector.progress import Progress
-from connector.records import parse_codat_datetime
+from connector.records import Json, parse_codat_datetime
 from connector.status import RunLedger
-
-Json = dict[str, Any]
 
 ATTACHMENT_KEY = ("company_id", "connection_id", "customer_id", "id")
 ATTACHMENT_COLUMNS: TTableSchemaColumns = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dlt import Pipeline
+from dlt.common.destination.exceptions import SqlClientNotAvailable
 from dlt.common.schema.utils import has_table_seen_data
 from dlt.destinations.sql_client import SqlClientBase
 
@@ -117,7 +118,7 @@ def create_views(pipeline: Pipeline) -> list[str]:
     schema = pipeline.default_schema
     try:
         sql_client = pipeline.sql_client()
-    except Exception:  # noqa: BLE001 - a destination without SQL (filesystem) has no views
+    except SqlClientNotAvailable:  # a destination without SQL has no views
         return []
 
     def columns(alias: str, table: str, fields: tuple[str, ...], prefix: str = "") -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from connector.records import format_codat_datetime, parse_codat_datetime
+from connector.records import Json, format_codat_datetime, parse_codat_datetime
 
 STATE_KEY = "attachment_watermarks"
 LEGACY_STATE_KEY = "attachment_backlog"  # the previous version's task lists, honoured once
@@ -24,7 +24,6 @@ MAX_SKIP = 20  # customers listed out of order remembered per span
 NO_DATE = datetime.min.replace(tzinfo=UTC)  # where customers without a modifiedDate sort
 
 Key = tuple[datetime, str]  # (modifiedDate, customer id)
-Json = dict[str, Any]
 
 
 def customer_key(modified: datetime | None, customer_id: str) -> Key:
