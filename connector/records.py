@@ -8,6 +8,8 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dlt.common.schema.typing import TTableSchemaColumns
+
 Json = dict[str, Any]  # a JSON object as Codat sends it: the one alias every module uses
 
 _DATE = re.compile(
@@ -80,6 +82,26 @@ def record_hash(record: Json) -> str:
     """A short, stable digest of a record as Codat sent it, to recognise a record already loaded."""
     canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.blake2b(canonical.encode(), digest_size=10).hexdigest()
+
+
+# The `customer_attachments` table: its key, its columns, and those of downloaded files.
+ATTACHMENT_KEY = ("company_id", "connection_id", "customer_id", "id")
+ATTACHMENT_COLUMNS: TTableSchemaColumns = {
+    "company_id": {"data_type": "text", "nullable": False},
+    "connection_id": {"data_type": "text", "nullable": False},
+    "customer_id": {"data_type": "text", "nullable": False},
+    "id": {"data_type": "text", "nullable": False},
+    "name": {"data_type": "text"},
+    "content_type": {"data_type": "text"},
+    "date_created": {"data_type": "timestamp"},
+    "file_size": {"data_type": "bigint"},
+    "include_when_sent": {"data_type": "bool"},
+}
+FILE_COLUMNS: TTableSchemaColumns = {
+    "file_path": {"data_type": "text"},
+    "sha256": {"data_type": "text"},
+    "file_status": {"data_type": "text"},
+}
 
 
 def map_attachment(attachment: Json, company_id: str, connection_id: str, customer_id: str) -> Json:

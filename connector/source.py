@@ -9,7 +9,6 @@ from typing import Any
 
 import dlt
 import pyarrow as pa
-from dlt.common.schema.typing import TTableSchemaColumns
 from dlt.sources import DltResource
 
 from connector.attachments import AttachmentSync, Collector
@@ -34,26 +33,14 @@ from connector.pacing import (
 )
 from connector.paging import DEFAULT_PAGE_SIZE
 from connector.progress import Progress
-from connector.records import Json, parse_codat_datetime
+from connector.records import (
+    ATTACHMENT_COLUMNS,
+    ATTACHMENT_KEY,
+    FILE_COLUMNS,
+    Json,
+    parse_codat_datetime,
+)
 from connector.status import RunLedger
-
-ATTACHMENT_KEY = ("company_id", "connection_id", "customer_id", "id")
-ATTACHMENT_COLUMNS: TTableSchemaColumns = {
-    "company_id": {"data_type": "text", "nullable": False},
-    "connection_id": {"data_type": "text", "nullable": False},
-    "customer_id": {"data_type": "text", "nullable": False},
-    "id": {"data_type": "text", "nullable": False},
-    "name": {"data_type": "text"},
-    "content_type": {"data_type": "text"},
-    "date_created": {"data_type": "timestamp"},
-    "file_size": {"data_type": "bigint"},
-    "include_when_sent": {"data_type": "bool"},
-}
-FILE_COLUMNS: TTableSchemaColumns = {
-    "file_path": {"data_type": "text"},
-    "sha256": {"data_type": "text"},
-    "file_status": {"data_type": "text"},
-}
 
 
 class _ExpectedDltWarnings(logging.Filter):

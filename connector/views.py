@@ -9,7 +9,8 @@ from dlt.common.destination.exceptions import SqlClientNotAvailable
 from dlt.common.schema.utils import has_table_seen_data
 from dlt.destinations.sql_client import SqlClientBase
 
-from connector.batches import CHILD_TABLES
+from connector.batches import CHILD_TABLES, CUSTOMER_COLUMNS, child_columns
+from connector.records import ATTACHMENT_COLUMNS
 
 CURRENT_CUSTOMERS = """
 SELECT {customer_columns},
@@ -36,16 +37,20 @@ FROM {attachments} t
 LEFT JOIN {customers} c ON c.company_id = t.company_id AND c.id = t.customer_id
 """
 
-CUSTOMER_FIELDS = (
-    "company_id", "id", "customer_name", "contact_name", "email_address", "default_currency",
-    "phone", "registration_number", "tax_number", "status", "modified_date", "source_modified_date",
-)  # fmt: skip
-ADDRESS_FIELDS = ("line1", "line2", "city", "region", "country", "postal_code")
+# The views' columns, from the tables' own: Codat's customer fields (not the deletion flag the
+# view filters on, the read instant or the JSON columns), the billing address, the main contact.
+CUSTOMER_FIELDS = tuple(
+    name
+    for name, column in CUSTOMER_COLUMNS.items()
+    if not name.startswith("_dlt")
+    and name not in ("is_deleted", "extracted_at")
+    and column.get("data_type") != "json"
+)
+ADDRESS_FIELDS = tuple(
+    name for name in child_columns("customers__addresses") if not name.startswith("_dlt") and name != "type"
+)
 CONTACT_FIELDS = ("name", "email")
-ATTACHMENT_FIELDS = (
-    "company_id", "connection_id", "customer_id", "id", "name", "content_type", "file_size",
-    "date_created",
-)  # fmt: skip
+ATTACHMENT_FIELDS = tuple(ATTACHMENT_COLUMNS)
 
 
 def has_table(pipeline: Pipeline, table: str) -> bool:
