@@ -31,7 +31,7 @@ from connector.pacing import (
 )
 from connector.paging import DEFAULT_PAGE_SIZE, ModifiedDateSeekPaginator, PagingError
 from connector.records import Json, map_attachment, parse_codat_datetime
-from connector.status import RunLedger
+from connector.status import RunReport
 from connector.watermarks import (
     LEGACY_STATE_KEY,
     STATE_KEY,
@@ -102,7 +102,7 @@ class AttachmentSync:
 
     Args:
         client: The Codat client (paced; its request counter is the budget's measure).
-        ledger: Each company's outcome in this run.
+        report: Each company's outcome in this run.
         connections: Company id to its accounting connection ids.
         state: The source state: spans left by earlier runs are read and rewritten in it.
         page_size: Customers per page when paging a span.
@@ -115,7 +115,7 @@ class AttachmentSync:
     def __init__(
         self,
         client: CodatClient,
-        ledger: RunLedger,
+        report: RunReport,
         connections: Callable[[str], list[str]],
         state: dict[str, Any],
         page_size: int = DEFAULT_PAGE_SIZE,
@@ -126,7 +126,7 @@ class AttachmentSync:
     ) -> None:
         checked_in_flight(concurrency)
         self.client = client
-        self.ledger = ledger
+        self.report = report
         self.connections = connections
         self.page_size = page_size
         self.budget = budget
@@ -267,7 +267,7 @@ class AttachmentSync:
                 )
                 mapped = [map_attachment(a, task.company_id, connection_id, task.customer_id) for a in found]
                 if self.files is not None:
-                    mapped = [self.files.fetch(self.client, row, self.ledger) for row in mapped]
+                    mapped = [self.files.fetch(self.client, row, self.report) for row in mapped]
                 rows.extend(mapped)
         except CodatApiError as exc:
             self._failed(task, exc)
@@ -288,10 +288,10 @@ class AttachmentSync:
                 return self._stop(str(self.client.stopped))
             remaining = self.client.pacer.quota.remaining
             if remaining is not None and remaining - self._in_flight - cost < self.quota_reserve:
-                self.ledger.quota_low = RunStopped(
+                self.report.quota_low = RunStopped(
                     QUOTA_SPENT, f"{remaining} requests left, {self.quota_reserve} kept for customer pages"
                 )
-                return self._stop(str(self.ledger.quota_low))
+                return self._stop(str(self.report.quota_low))
             if self.budget is not None:
                 spent = self.client.requests.total + self._in_flight + cost
                 if spent > self.budget:
@@ -317,13 +317,13 @@ class AttachmentSync:
         logger.warning("Attachments of customer %r failed: %s", task.customer_id, exc)
         if exc.status in FINAL_STATUSES:  # asking again in this run will not help: say so
             with self._lock:
-                self.ledger.company(task.company_id).fail(exc)
+                self.report.company(task.company_id).fail(exc)
         # The customer's cursor has moved on: only its deferral brings the listing back.
         self._defer(task, f"listing failed, retried next run: {exc}")
 
     def _done(self, task: Task, rows: list[Json]) -> None:
         with self._lock:
-            self.ledger.company(task.company_id).attachments_loaded += len(rows)
+            self.report.company(task.company_id).attachments_loaded += len(rows)
             if task.stream is not None and task.key is not None:
                 task.stream.done(task.key)
                 if task.stream.pending:
@@ -352,13 +352,13 @@ class AttachmentSync:
         else:
             self._spans.pop(company_id, None)
         legacy = self._state.get(LEGACY_STATE_KEY, {}).get(company_id, [])
-        run = self.ledger.company(company_id)
-        run.attachments_deferred = sum(span.listings for span in spans) + len(legacy)
-        if run.attachments_deferred:
+        outcome = self.report.company(company_id)
+        outcome.attachments_deferred = sum(span.listings for span in spans) + len(legacy)
+        if outcome.attachments_deferred:
             first = spans[0].reason if spans else None
-            run.deferral_reason = run.deferral_reason or reason or self._stopped or first
+            outcome.deferral_reason = outcome.deferral_reason or reason or self._stopped or first
         else:
-            run.deferral_reason = None
+            outcome.deferral_reason = None
 
     def _report_all(self) -> None:
         ours = [company_id for company_id in self._old if self.connections(company_id)]
@@ -368,4 +368,4 @@ class AttachmentSync:
 
     def _note(self, company_id: str, note: str) -> None:
         with self._lock:
-            self.ledger.company(company_id).notes.append(note)
+            self.report.company(company_id).notes.append(note)

@@ -248,6 +248,9 @@ class CodatClient:
         # Passed on every call: request-level hooks replace the session's in `requests`.
         self._hooks: Any = {"response": [self._on_response]}
 
+    def __repr__(self) -> str:
+        return f"CodatClient(base_url={self.base_url!r})"
+
     def _retry_429(self, response: Response | None, exception: BaseException | None) -> bool:
         if response is None or response.status_code != 429:
             return False

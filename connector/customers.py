@@ -18,7 +18,7 @@ from connector.records import (
     parse_codat_datetime,
     record_hash,
 )
-from connector.status import SKIPPED, UNCHANGED, CompanyRun
+from connector.status import SKIPPED, UNCHANGED, CompanyReport
 
 logger = logging.getLogger(__name__)
 
@@ -103,23 +103,23 @@ class CustomerSync:
         """A `--since/--until` window: cursors are neither used nor moved."""
         return self.since is not None or self.until is not None
 
-    def pages(self, company: Json, run: CompanyRun) -> Iterator[CustomerPage]:
+    def pages(self, company: Json, outcome: CompanyReport) -> Iterator[CustomerPage]:
         """The company's changed customers as Arrow tables, a page at a time.
 
-        A failure is recorded on `run` and ends this company only; its cursor stays put.
+        A failure is recorded on `outcome` and ends this company only; its cursor stays put.
         """
         company_id = str(company["id"])
         if not accounting_connection_ids(company):
-            run.status = SKIPPED
-            run.notes.append("no accounting connection")
+            outcome.status = SKIPPED
+            outcome.notes.append("no accounting connection")
             return
         saved = CompanyCursor.from_state(self.cursors.get(company_id))
         last_sync = company.get("lastSync")
         if not self.backfill and saved.last_sync is not None and saved.last_sync == last_sync:
-            run.status = UNCHANGED
+            outcome.status = UNCHANGED
             return
         start = self.since if self.backfill else parse_codat_datetime(saved.cursor)
-        run.first_load = not self.backfill and start is None
+        outcome.first_load = not self.backfill and start is None
         paginator = ModifiedDateSeekPaginator(self.page_size, since=start, until=self.until)
         deduper = BoundaryDeduper(None if self.backfill else start, list(saved.boundary))
         try:
@@ -132,23 +132,23 @@ class CustomerSync:
                 if not records:
                     continue
                 page = self.builder.build(records, company_id, seen_at, self.load_id, dates)
-                run.customers_loaded += page.customers.num_rows
-                run.customers_deleted += page.deleted
+                outcome.customers_loaded += page.customers.num_rows
+                outcome.customers_deleted += page.deleted
                 yield page
         except CodatApiError as exc:
             if self.client.stopped is not None:
-                run.stopped(self.client.stopped)
+                outcome.stopped(self.client.stopped)
                 self._save_progress(company_id, deduper, saved)
             elif exc.status == 409:
                 logger.info("Customers of company %s are not ready: %s", company_id, exc.error)
-                run.not_ready(exc)
+                outcome.not_ready(exc)
             else:
                 logger.warning("Customers of company %s failed: %s", company_id, exc)
-                run.fail(exc)
+                outcome.fail(exc)
             return
         except PagingError as exc:
             logger.warning("Customers of company %s failed: %s", company_id, exc)
-            run.fail(exc)
+            outcome.fail(exc)
             return
         self._save_progress(company_id, deduper, saved, last_sync)
 

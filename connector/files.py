@@ -13,7 +13,7 @@ from connector.records import Json
 
 if TYPE_CHECKING:
     from connector.client import CodatClient
-    from connector.status import RunLedger
+    from connector.status import RunReport
 
 DEFAULT_FILES_URL = "codat_files"
 DEFAULT_MAX_FILE_SIZE = 100 * 1024 * 1024  # QuickBooks Online's and NetSuite's own cap
@@ -45,7 +45,7 @@ class FileStore:
         parts = [row["companyId"], row["connectionId"], row["customerId"], row["id"]]
         return "/".join([self.root.rstrip("/"), *(safe_segment(str(p)) for p in parts)])
 
-    def fetch(self, client: CodatClient, row: Json, ledger: RunLedger) -> Json:
+    def fetch(self, client: CodatClient, row: Json, report: RunReport) -> Json:
         """Download the row's file unless it is too large or already stored unchanged."""
         path = self.path_for(row)
         key = path.removeprefix(self.root.rstrip("/") + "/")
@@ -69,5 +69,5 @@ class FileStore:
         self.fs.mv(path + ".part", path)
         with self._lock:
             self.index[key] = {"version": version, "sha256": digest}
-        ledger.company(row["companyId"]).files_downloaded += 1
+        report.company(row["companyId"]).files_downloaded += 1
         return {**row, "sha256": digest, "fileStatus": "downloaded"}

@@ -40,7 +40,7 @@ from connector.records import (
     Json,
     parse_codat_datetime,
 )
-from connector.status import RunLedger
+from connector.status import RunReport
 
 
 class _ExpectedDltWarnings(logging.Filter):
@@ -108,7 +108,7 @@ def codat_source(
     backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
     breaker_failures: int = DEFAULT_BREAKER_FAILURES,
     breaker_seconds: float = DEFAULT_BREAKER_SECONDS,
-    ledger: RunLedger | None = None,
+    report: RunReport | None = None,
 ) -> Sequence[DltResource]:
     """Codat Accounting customers of every company (or the chosen ones) of an account.
 
@@ -144,7 +144,7 @@ def codat_source(
         breaker_failures: Attempts in a row without an answer (or with a `5xx`) after which
             the run sends no more requests: the API is unreachable, the rest waits.
         breaker_seconds: ... once those failures have gone on for this many seconds.
-        ledger: Collects each company's outcome for `sync_status`; a fresh one by default.
+        report: Collects each company's outcome for `sync_status`; a fresh one by default.
 
     Returns:
         The resources `companies`, `connections`, `customers` and `customer_attachments`.
@@ -173,9 +173,9 @@ def codat_source(
         breaker_failures=breaker_failures,
         breaker_seconds=breaker_seconds,
     )
-    run = ledger if ledger is not None else RunLedger()
-    run.requests = client.requests
-    run.stop = client.pacer.stop
+    run_report = report if report is not None else RunReport()
+    run_report.requests = client.requests
+    run_report.stop = client.pacer.stop
 
     @cache
     def account() -> list[Json]:
@@ -194,7 +194,7 @@ def codat_source(
             except CodatApiError as exc:
                 if exc.status not in (403, 404):
                     raise
-                run.company(company_id).fail(exc)
+                run_report.company(company_id).fail(exc)
         return found
 
     @cache
@@ -234,7 +234,7 @@ def codat_source(
         client.requests.listeners.append(progress.requests)
         progress.companies(len(account()))
         for company in account():
-            for page in sync.pages(company, run.company(company["id"], company.get("name"))):
+            for page in sync.pages(company, run_report.company(company["id"], company.get("name"))):
                 progress.customers(page.customers.num_rows)
                 yield page.customers
                 for table, rows in page.children.items():
@@ -263,7 +263,7 @@ def codat_source(
             files = FileStore(files_url, max_file_size, state.setdefault("files", {}))
         return AttachmentSync(
             client,
-            run,
+            run_report,
             accounting_connections,
             state,
             page_size=page_size,

@@ -1,4 +1,4 @@
-"""What one run did to each company: the rows of `sync_status` and the run summary."""
+"""What one outcome did to each company: the rows of `sync_status` and the outcome summary."""
 
 from __future__ import annotations
 
@@ -15,21 +15,21 @@ UNCHANGED = "unchanged"
 SKIPPED = "skipped"
 NOT_READY = "not_ready"  # Codat has not read the company's customers yet (409): not an error
 FAILED = "failed"
-# The run stopped sending requests before this company was done; the next run goes on.
+# The outcome stopped sending requests before this company was done; the next outcome goes on.
 STOPPED_STATUSES = {API_UNREACHABLE: "api_unreachable", QUOTA_SPENT: "quota_spent"}
 STATUSES = (OK, UNCHANGED, SKIPPED, NOT_READY, FAILED, *STOPPED_STATUSES.values())  # summary order
 
 
 @dataclass
-class CompanyRun:
-    """One company's outcome in one run."""
+class CompanyReport:
+    """One company's outcome in one outcome."""
 
     company_id: str
     company_name: str | None
     status: str = OK
     customers_loaded: int = 0
     customers_deleted: int = 0  # loaded with `isDeleted`
-    first_load: bool = False  # no cursor before this run: every customer is new to the warehouse
+    first_load: bool = False  # no cursor before this outcome: every customer is new to the warehouse
     transient: bool = False  # the error was no answer, a `5xx` or a `429`
     attachments_loaded: int = 0
     attachments_deferred: int = 0
@@ -59,7 +59,7 @@ class CompanyRun:
         self.error = exc.error  # Codat's reason, for the summary and `sync_status`
 
     def stopped(self, reason: RunStopped) -> None:
-        """The run stopped before this company was done; whatever it said before is a note."""
+        """The outcome stopped before this company was done; whatever it said before is a note."""
         if self.error is not None:
             self.notes.append(self.error)
         self.status = STOPPED_STATUSES[reason.kind]
@@ -67,29 +67,29 @@ class CompanyRun:
 
 
 @dataclass
-class RunLedger:
+class RunReport:
     """Every company's outcome in this run, shared by the source's resources."""
 
     run_started: datetime = field(default_factory=lambda: datetime.now(UTC))
-    companies: dict[str, CompanyRun] = field(default_factory=dict)
+    companies: dict[str, CompanyReport] = field(default_factory=dict)
     requests: RequestCounter = field(default_factory=RequestCounter)
     stop: StopSwitch = field(default_factory=StopSwitch)  # the client's: why requests stopped
     quota_low: RunStopped | None = None  # attachment listings stopped at the quota's reserve
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def company(self, company_id: str, name: str | None = None) -> CompanyRun:
+    def company(self, company_id: str, name: str | None = None) -> CompanyReport:
         """The company's record for this run, created on first use (the name kept once known)."""
         with self._lock:
-            run = self.companies.get(company_id)
-            if run is None:
-                run = self.companies[company_id] = CompanyRun(company_id, name)
-            elif run.company_name is None and name is not None:
-                run.company_name = name
-            return run
+            outcome = self.companies.get(company_id)
+            if outcome is None:
+                outcome = self.companies[company_id] = CompanyReport(company_id, name)
+            elif outcome.company_name is None and name is not None:
+                outcome.company_name = name
+            return outcome
 
     @property
     def attachments_deferred(self) -> int:
-        """Customers whose attachment listing was left for a later run."""
+        """Customers whose attachment listing was left for a later outcome."""
         return sum(c.attachments_deferred for c in self.companies.values())
 
     @property
@@ -98,12 +98,12 @@ class RunLedger:
         return list(dict.fromkeys(c.deferral_reason for c in self.companies.values() if c.deferral_reason))
 
     @property
-    def failed(self) -> list[CompanyRun]:
-        """Companies that failed in this run."""
+    def failed(self) -> list[CompanyReport]:
+        """Companies that failed in this outcome."""
         return [c for c in self.companies.values() if c.status == FAILED]
 
     def settle(self) -> None:
-        """Once the run has stopped, mark the companies it cut short as stopped, not failed or ok.
+        """Once the outcome has stopped, mark the companies it cut short as stopped, not failed or ok.
 
         They are the failures the stop explains (no answer, `5xx`, `429`), and the companies
         whose attachment listings it deferred.
@@ -111,20 +111,20 @@ class RunLedger:
         reason = self.stop.reason or self.quota_low
         if reason is None:
             return
-        for run in self.companies.values():
-            cut_short = run.status in (OK, UNCHANGED) and run.deferral_reason == str(reason)
-            if (run.status == FAILED and run.transient) or cut_short:
-                run.stopped(reason)
+        for outcome in self.companies.values():
+            cut_short = outcome.status in (OK, UNCHANGED) and outcome.deferral_reason == str(reason)
+            if (outcome.status == FAILED and outcome.transient) or cut_short:
+                outcome.stopped(reason)
 
     def rows(self, load_id: str | None) -> list[dict[str, Any]]:
         """The `sync_status` rows of this run, one per company."""
         rows = []
-        for run in self.companies.values():
-            row = asdict(run)
+        for outcome in self.companies.values():
+            row = asdict(outcome)
             for internal in ("first_load", "transient"):
                 del row[internal]
-            row["requests"] = self.requests.by_company.get(run.company_id, 0)
-            row["notes"] = "; ".join(run.notes) or None
+            row["requests"] = self.requests.by_company.get(outcome.company_id, 0)
+            row["notes"] = "; ".join(outcome.notes) or None
             row["run_started_at"] = self.run_started
             row["load_id"] = load_id
             rows.append(row)

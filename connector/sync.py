@@ -21,7 +21,7 @@ from connector.destinations import check_destination, describe_destination
 from connector.lock import lock_path, pipeline_lock
 from connector.pacing import API_UNREACHABLE, RunStopped
 from connector.source import codat_source
-from connector.status import FAILED, NOT_READY, OK, STATUSES, RunLedger
+from connector.status import FAILED, NOT_READY, OK, STATUSES, RunReport
 from connector.views import create_views, has_table, prune_child_rows
 
 logger = logging.getLogger(__name__)
@@ -271,8 +271,8 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
     started = time.monotonic()
     with pipeline_lock(pipeline.pipelines_dir, pipeline.pipeline_name):
         check_destination(pipeline)
-        ledger = RunLedger()
-        source = codat_source(ledger=ledger, **source_options)  # checks its options: no request yet
+        report = RunReport()
+        source = codat_source(report=report, **source_options)  # checks its options: no request yet
         interrupted = finish_interrupted(pipeline)
         repair = repair_marker(pipeline)
         if interrupted:  # its load jobs may have run twice: repair after this run's load
@@ -286,8 +286,8 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
         with _timed(steps, "extract"):
             extracted = pipeline.extract(source, **options)
             load_id = extracted.loads_ids[-1] if extracted.loads_ids else None
-            ledger.settle()
-            status_rows = ledger.rows(load_id)
+            report.settle()
+            status_rows = report.rows(load_id)
             if status_rows:
                 pipeline.extract(
                     status_rows,
@@ -304,12 +304,12 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
         prune_child_rows(pipeline, repair=repair.exists())
         repair.unlink(missing_ok=True)
         views = create_views(pipeline)
-    runs = ledger.companies.values()
-    loaded = sum(r.customers_loaded for r in runs)
-    first_deleted = sum(r.customers_deleted for r in runs if r.first_load)
+    outcomes = report.companies.values()
+    loaded = sum(r.customers_loaded for r in outcomes)
+    first_deleted = sum(r.customers_deleted for r in outcomes if r.first_load)
     hard = bool(source_options.get("hard_delete"))
     if hard:  # deleted customers are removed, not counted in the destination
-        deleted = sum(r.customers_deleted for r in runs if not r.first_load)
+        deleted = sum(r.customers_deleted for r in outcomes if not r.first_load)
         new = max(after.customers - before.customers + deleted, 0)
         updated = loaded - new - deleted - first_deleted
     else:
@@ -317,24 +317,24 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
         new = max(after.customers - before.customers, 0)
         updated = loaded - new - deleted
     return SyncSummary(
-        companies=len(ledger.companies),
-        failed=[r.company_id for r in ledger.failed],
+        companies=len(report.companies),
+        failed=[r.company_id for r in report.failed],
         customers_new=new,
         customers_updated=max(updated, 0),
         customers_deleted=deleted,
         customers_already_deleted=first_deleted,
-        attachments=sum(r.attachments_loaded for r in runs),
-        files=sum(r.files_downloaded for r in runs),
-        attachments_deferred=ledger.attachments_deferred,
-        deferral_reasons=ledger.deferral_reasons,
-        requests=ledger.requests.total,
+        attachments=sum(r.attachments_loaded for r in outcomes),
+        files=sum(r.files_downloaded for r in outcomes),
+        attachments_deferred=report.attachments_deferred,
+        deferral_reasons=report.deferral_reasons,
+        requests=report.requests.total,
         seconds=time.monotonic() - started,
         load_id=load_id,
         views=views,
         status_rows=status_rows,
         steps=steps,
-        stopped=ledger.stop.reason,
-        quota_low=ledger.quota_low,
+        stopped=report.stop.reason,
+        quota_low=report.quota_low,
         destination=describe_destination(pipeline),
         interrupted=interrupted,
     )

@@ -1,1 +1,1 @@
-"""A local emulator of the Codat API, faithful to ../shared/codat/CONTRACT.md."""
+"""A local emulator of the Codat API as docs/codat-api.md describes it, shaped like tests/fixtures/codat/."""

@@ -6,9 +6,10 @@ import argparse
 import contextlib
 import sys
 
+from connector.emulator.emulator import DEFAULT_API_KEY, Emulator
 from connector.emulator.limits import DEFAULT_PER_MINUTE_LIMIT, DEFAULT_RATE_WINDOW_SECONDS
 from connector.emulator.push import DEFAULT_PUSH_DELAY
-from connector.emulator.server import DEFAULT_API_KEY, Emulator, EmulatorServer
+from connector.emulator.server import EmulatorServer
 from connector.emulator.store import Sizing
 
 

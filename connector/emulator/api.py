@@ -1,90 +1,28 @@
-"""The Codat API routes the emulator serves, as pure handlers over the emulator's state."""
+"""The Codat API routes the emulator serves, as handlers over the account and its push ledger."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote, urlencode
 
 from connector.emulator.data import attachment_bytes
-from connector.emulator.limits import LOOPBACK
 from connector.emulator.model import STATUS_COMPLETE, STATUS_NEVER_READ, Company, Connection, Json
+from connector.emulator.push import PushLedger
 from connector.emulator.push_models import load_model, validate_customer
 from connector.emulator.query import QueryError
 from connector.emulator.selection import cached_query, select
-from connector.emulator.store import utc_stamp
-
-if TYPE_CHECKING:
-    from connector.emulator.server import Emulator
+from connector.emulator.store import Store, utc_stamp
+from connector.emulator.wire import ERROR_TEXTS, CodatError, Request, Response, json_response
 
 MAX_PAGE_SIZE = 5000
 DEFAULT_PAGE_SIZE = 100
 MAX_QUERY_LENGTH = 2048
-NOT_VALID = "Error processing request - not valid."
-NOT_REQUESTED = "The data set has not been requested."
+NOT_VALID = ERROR_TEXTS["400"]
+NOT_REQUESTED = ERROR_TEXTS["409"]
 T = TypeVar("T")
-
-
-@dataclass
-class Request:
-    """An HTTP request, its path split into decoded segments."""
-
-    method: str
-    path: str  # as sent, without the query string
-    segments: list[str]
-    params: dict[str, str]
-    raw_params: dict[str, str]  # still URL-encoded, for Codat's query length limit
-    headers: Mapping[str, str]
-    body: bytes = b""
-    client_ip: str = LOOPBACK  # the peer's address, which the per-IP rate limit counts
-
-
-@dataclass
-class Response:
-    """An HTTP answer."""
-
-    status: int
-    body: bytes
-    content_type: str = "application/json; charset=utf-8"
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class CodatError(Exception):
-    """An answer in Codat's `ErrorMessage` shape."""
-
-    def __init__(self, status: int, error: str, service: str = "PublicApi") -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.service = service
-
-    def response(self) -> Response:
-        """The error as Codat sends it, with a fresh `correlationId`."""
-        return error_response(self.status, self.error, self.service)
-
-
-def error_response(
-    status: int, error: str, service: str = "PublicApi", headers: dict[str, str] | None = None
-) -> Response:
-    """An `ErrorMessage` answer."""
-    body = {
-        "statusCode": status,
-        "service": service,
-        "error": error,
-        "correlationId": uuid.uuid4().hex,
-        "canBeRetried": "Unknown",
-        "detailedErrorCode": 0,
-    }
-    return Response(status, json.dumps(body).encode(), headers=dict(headers or {}))
-
-
-def json_response(body: Any, status: int = 200) -> Response:
-    """A JSON answer."""
-    return Response(status, json.dumps(body, ensure_ascii=False).encode())
-
 
 Handler = Callable[["CodatApi", Request, list[str]], Response]
 ROUTES: list[tuple[str, tuple[str, ...], str, Handler]] = []
@@ -100,8 +38,16 @@ def route(method: str, pattern: str, operation: str) -> Callable[[Handler], Hand
     return register
 
 
-def match_route(method: str, segments: list[str]) -> tuple[str, Handler, list[str]] | None:
-    """The operation, handler and path arguments for a request, or None."""
+class Match(NamedTuple):
+    """The route a request matched: its operation name, handler and path arguments."""
+
+    operation: str
+    handler: Handler
+    args: list[str]
+
+
+def match_route(method: str, segments: list[str]) -> Match | None:
+    """The route a request matches, or None."""
     for route_method, pattern, operation, handler in ROUTES:
         if route_method != method or len(pattern) != len(segments):
             continue
@@ -112,7 +58,7 @@ def match_route(method: str, segments: list[str]) -> tuple[str, Handler, list[st
             elif part != segment:
                 break
         else:
-            return operation, handler, args
+            return Match(operation, handler, args)
     return None
 
 
@@ -191,11 +137,18 @@ def select_or_400(records: list[Json], schema: str, query: str | None, order_by:
 
 
 class CodatApi:
-    """Handlers for every Codat route the emulator serves."""
+    """Handlers for every Codat route the emulator serves, over the account and its pushes."""
 
-    def __init__(self, emulator: Emulator) -> None:
-        self.emulator = emulator
-        self.store = emulator.store
+    def __init__(self, store: Store, ledger: PushLedger) -> None:
+        self.store = store
+        self.ledger = ledger
+
+    def answer(self, match: Match, request: Request) -> Response:
+        """The matched route's answer; a `CodatError` it raises becomes Codat's error answer."""
+        try:
+            return match.handler(self, request, match.args)
+        except CodatError as exc:
+            return exc.response()
 
     def company(self, company_id: str) -> Company:
         """The company, or Codat's `404`."""
@@ -301,7 +254,7 @@ def get_push_operation(api: CodatApi, request: Request, args: list[str]) -> Resp
     """One push operation, settled if its delay has passed."""
     with api.store.locked():
         api.company(args[0])
-    operation = api.emulator.ledger.get(args[1])
+    operation = api.ledger.get(args[1])
     if operation is None or operation.company_id != args[0]:
         raise CodatError(404, f"No push operation was found with key {args[1]}")
     return json_response(operation.to_json())
@@ -391,7 +344,7 @@ def _queue_push(
     stale: bool = False,
 ) -> Response:
     """Track a Pending push operation for `record` and answer with it."""
-    operation = api.emulator.ledger.new_operation(
+    operation = api.ledger.new_operation(
         company_id=company.id,
         connection_id=connection.id,
         customer=record,
@@ -400,7 +353,7 @@ def _queue_push(
         errors=errors,
         stale=stale,
     )
-    api.emulator.ledger.record(operation)
+    api.ledger.record(operation)
     return json_response(operation.to_json())
 
 

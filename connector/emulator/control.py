@@ -3,16 +3,50 @@
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from connector.emulator.api import Request, Response
+from connector.emulator.faults import FaultPlan
+from connector.emulator.limits import RateLimiter
 from connector.emulator.model import STATUS_COMPLETE
+from connector.emulator.push import PushLedger
+from connector.emulator.store import Mutator, Store
+from connector.emulator.wire import Request, Response
 
-if TYPE_CHECKING:
-    from connector.emulator.server import Emulator
+CONTROL_PREFIX = "/_emulator/"
 
-ControlHandler = Callable[["Emulator", Any], Any]
+
+class ControlledEmulator(Protocol):
+    """What the control API drives: the emulator's parts and operations (`Emulator` has them)."""
+
+    store: Store
+    mutator: Mutator
+    limiter: RateLimiter
+    ledger: PushLedger
+    faults: FaultPlan
+    latency: float
+    request_log: deque[dict[str, Any]]
+
+    def reset(
+        self, seed: int | None = None, companies: int | None = None, customers: int | None = None
+    ) -> None:
+        """Regenerate the account and forget faults, pushes, usage and the request log."""
+
+    def clear_log(self) -> None:
+        """Forget the request log."""
+
+    def add_fault(self, kind: str, **options: Any) -> None:
+        """Script a fault."""
+
+    def sync(self, company_id: str | None = None) -> int:
+        """Simulate Codat syncing companies; return the records written."""
+
+    def stats(self) -> dict[str, Any]:
+        """Request counts and the quota in force."""
+
+
+ControlHandler = Callable[[ControlledEmulator, Any], Any]
 
 
 def _body(request: Request) -> Any:
@@ -21,12 +55,12 @@ def _body(request: Request) -> Any:
     return json.loads(request.body)
 
 
-def _reset(emulator: Emulator, body: Any) -> Any:
+def _reset(emulator: ControlledEmulator, body: Any) -> Any:
     emulator.reset(body.get("seed"), body.get("companies"), body.get("customers"))
     return {"companies": len(emulator.store.companies)}
 
 
-def _mutate(emulator: Emulator, body: Any) -> Any:
+def _mutate(emulator: ControlledEmulator, body: Any) -> Any:
     action = body.get("action", "modify")
     if action == "stop":
         emulator.mutator.stop()
@@ -49,27 +83,27 @@ def _mutate(emulator: Emulator, body: Any) -> Any:
     return {"changed": changed}
 
 
-def _readable_company_ids(emulator: Emulator) -> list[str]:
+def _readable_company_ids(emulator: ControlledEmulator) -> list[str]:
     with emulator.store.locked():
         return [c.id for c in emulator.store.companies.values() if c.customers_status == STATUS_COMPLETE]
 
 
-def _edit_in_platform(emulator: Emulator, body: Any) -> Any:
+def _edit_in_platform(emulator: ControlledEmulator, body: Any) -> Any:
     emulator.store.edit_in_platform(body["company_id"], list(body["ids"]))
     return {"marked": len(body["ids"])}
 
 
-def _sync(emulator: Emulator, body: Any) -> Any:
+def _sync(emulator: ControlledEmulator, body: Any) -> Any:
     return {"applied": emulator.sync(body.get("company_id"))}
 
 
-def _faults(emulator: Emulator, body: Any) -> Any:
+def _faults(emulator: ControlledEmulator, body: Any) -> Any:
     for fault in body if isinstance(body, list) else [body]:
         emulator.add_fault(**fault)
     return {"queued": len(emulator.faults.faults)}
 
 
-def _clear_faults(emulator: Emulator, body: Any) -> Any:
+def _clear_faults(emulator: ControlledEmulator, body: Any) -> Any:
     emulator.faults.clear()
     return {"queued": 0}
 
@@ -90,7 +124,7 @@ def _window_seconds(value: Any) -> float:
     return seconds
 
 
-def _config(emulator: Emulator, body: Any) -> Any:
+def _config(emulator: ControlledEmulator, body: Any) -> Any:
     limiter = emulator.limiter
     per_minute_limit, window_seconds = limiter.per_minute_limit, limiter.window_seconds
     if "per_minute_limit" in body:
@@ -116,7 +150,7 @@ def _config(emulator: Emulator, body: Any) -> Any:
     }
 
 
-def _account(emulator: Emulator, body: Any) -> Any:
+def _account(emulator: ControlledEmulator, body: Any) -> Any:
     with emulator.store.locked():
         return [
             {
@@ -147,12 +181,12 @@ CONTROL_ROUTES: dict[tuple[str, str], ControlHandler] = {
 }
 
 
-def handle_control(emulator: Emulator, request: Request) -> Response:
+def handle_control(emulator: ControlledEmulator, request: Request) -> Response:
     """Answer a control request; bad input gets `400` with what to fix."""
-    name = request.path.removeprefix("/_emulator/").strip("/")
+    name = request.path.removeprefix(CONTROL_PREFIX).strip("/")
     handler = CONTROL_ROUTES.get((request.method, name))
     if handler is None:
-        known = ", ".join(f"{m} /_emulator/{n}" for m, n in CONTROL_ROUTES)
+        known = ", ".join(f"{m} {CONTROL_PREFIX}{n}" for m, n in CONTROL_ROUTES)
         return _json(404, {"error": f"unknown control route; known: {known}"})
     try:
         result = handler(emulator, _body(request))

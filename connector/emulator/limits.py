@@ -1,4 +1,4 @@
-"""Scripted faults and Codat's rate limits: daily quota, concurrency per company, requests per IP."""
+"""Codat's rate limits: the daily quota, concurrency per company, requests per IP."""
 
 from __future__ import annotations
 
@@ -8,92 +8,17 @@ import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
-from typing import Any
 
-ERROR_TEXTS = {
-    "400": "Error processing request - not valid.",
-    "401": "Unauthorized",
-    "402": "Your account's plan does not cover this request.",
-    "403": "You are using an outdated API key or a key not associated with that resource.",
-    "404": "No data available for this request.",
-    "409": "The data set has not been requested.",
-    "429": "You have made too many requests in a given amount of time; please retry later.",
-    "500": "There is a problem with our server. Please try again later.",
-    "503": "The Codat API is temporarily offline for maintenance. Please try again later.",
-}
-FAULT_KINDS = (*ERROR_TEXTS, "slow", "reset", "truncate", "invalid_json")
+# ERROR_TEXTS and FAULT_KINDS are re-exported for tests that still import them from here.
+from connector.emulator.faults import FAULT_KINDS as FAULT_KINDS
+from connector.emulator.wire import ERROR_TEXTS as ERROR_TEXTS
+from connector.emulator.wire import LOOPBACK
+
 DEFAULT_DAILY_REQUESTS_PER_COMPANY = 1000
 MAX_CONCURRENT_PER_COMPANY = 10
 DEFAULT_PER_MINUTE_LIMIT = 1000  # Codat's per-IP limit; the command line's default
 DEFAULT_RATE_WINDOW_SECONDS = 60.0
 REFUSALS = ("quota", "per_minute", "concurrency")  # the order in which limits are checked
-LOOPBACK = "127.0.0.1"
-
-
-@dataclass
-class Fault:
-    """What the next `count` matching answers do instead of (or before) their normal answer.
-
-    `match` is a substring of the request path (empty matches everything); `retry_after`
-    is sent with `429` answers, as seconds ("2") or "http-date" for an HTTP date that
-    many seconds ahead; `delay` is how long `slow` waits before answering normally.
-    """
-
-    kind: str
-    count: int = 1
-    match: str = ""
-    retry_after: str = "1"
-    delay: float = 1.0
-
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> Fault:
-        """Build from a control-API body, rejecting unknown kinds and keys."""
-        unknown = set(body) - {"kind", "count", "match", "retry_after", "delay"}
-        if unknown:
-            raise ValueError(f"unknown fault keys: {', '.join(sorted(unknown))}")
-        fault = cls(**body)
-        if fault.kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {fault.kind!r}; use one of {', '.join(FAULT_KINDS)}")
-        if fault.count < 1:
-            raise ValueError("fault count must be at least 1")
-        return fault
-
-    def retry_after_header(self) -> str:
-        """The `Retry-After` value, in the form the fault asks for."""
-        if self.retry_after.startswith("http-date"):
-            seconds = int(self.retry_after.partition(":")[2] or "1")
-            return format_datetime(datetime.now(UTC) + timedelta(seconds=seconds), usegmt=True)
-        return self.retry_after
-
-
-@dataclass
-class FaultPlan:
-    """A queue of scripted faults, consumed by matching requests in order."""
-
-    faults: list[Fault] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, fault: Fault) -> None:
-        """Queue a fault after those already queued."""
-        with self._lock:
-            self.faults.append(fault)
-
-    def clear(self) -> None:
-        """Drop every queued fault."""
-        with self._lock:
-            self.faults.clear()
-
-    def take(self, path: str) -> Fault | None:
-        """The fault the request at `path` must suffer, if any, counting it down."""
-        with self._lock:
-            for fault in self.faults:
-                if fault.match in path:
-                    fault.count -= 1
-                    if fault.count == 0:
-                        self.faults.remove(fault)
-                    return fault
-        return None
 
 
 def next_midnight(now: datetime) -> datetime:

@@ -107,6 +107,12 @@ class PushLedger:
     _replays: dict[str, _Replay] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def reset(self) -> None:
+        """Forget every operation and idempotency key; the delay stays."""
+        with self._lock:
+            self.operations.clear()
+            self._replays.clear()
+
     def record(self, operation: PushOperation) -> None:
         """Track a new operation."""
         with self._lock:

@@ -25,7 +25,7 @@ import requests
 from connector.emulator.launch import emulator_process
 from connector.pacing import MAX_IN_FLIGHT_PER_COMPANY
 from connector.source import codat_source
-from connector.status import RunLedger
+from connector.status import RunReport
 
 KEY = "bench-key"
 COMPANIES = 20
@@ -111,13 +111,13 @@ def bench_attachments(
             dataset_name="codat",
             pipelines_dir=os.path.join(tmp, "pipelines"),
         )
-        ledger = RunLedger()
+        report = RunReport()
         source = codat_source(
             api_key=KEY,
             base_url=url,
             requests_per_minute=per_minute_limit,
             rate_window=window,
-            ledger=ledger,
+            report=report,
         )
         started = time.monotonic()
         with ListingSampler(url) as sampler:
@@ -140,7 +140,7 @@ def bench_attachments(
         "listings_per_s": round(rate, 2),
         "share_of_ideal": round(rate / ideal, 3),
         "requests_per_s_overall": round(stats["requests"] / extract_seconds, 2),
-        "deferred": ledger.attachments_deferred,
+        "deferred": report.attachments_deferred,
     }
 
 
