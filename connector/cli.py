@@ -19,23 +19,17 @@ from dlt.common.destination.exceptions import UnknownDestinationModule
 from dlt.common.runtime.collector import LogCollector, TqdmCollector
 from dlt.pipeline.exceptions import PipelineStepFailed
 
-from connector.client import CodatApiError
-from connector.destinations import (
+from connector.destinations import duckdb_destination, duckdb_problem
+from connector.errors import (
+    CodatApiError,
     DestinationLocked,
     DestinationUnusable,
-    duckdb_destination,
-    duckdb_problem,
+    InvalidOption,
+    PipelineBusy,
 )
-from connector.lock import PipelineBusy
 from connector.pacing import API_UNREACHABLE
 from connector.source import setting
-from connector.sync import (
-    EXIT_API_UNREACHABLE,
-    EXIT_BAD_INPUT,
-    EXIT_BUSY,
-    EXIT_QUOTA_SPENT,
-    run_sync,
-)
+from connector.sync import EXIT_API_UNREACHABLE, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_QUOTA_SPENT, run_sync
 
 PROGRESS_PERIOD = 2.0  # seconds between progress reports
 # Not `codat.duckdb`: DuckDB names the catalog after the file, and a catalog named like the
@@ -127,13 +121,13 @@ def make_pipeline(args: argparse.Namespace) -> dlt.Pipeline:
     """The dlt pipeline the command line describes.
 
     Raises:
-        ValueError: The DuckDB file is named like the dataset.
+        InvalidOption: The DuckDB file is named like the dataset.
         DestinationUnusable: The DuckDB file's folder cannot be made, or another process holds it.
     """
     destination: Any = args.destination
     if destination == "duckdb":
         if Path(args.duckdb_file).stem.casefold() == args.dataset.casefold():
-            raise ValueError(
+            raise InvalidOption(
                 f"the DuckDB file {args.duckdb_file!r} and the dataset {args.dataset!r} share a name, "
                 "which DuckDB cannot tell apart; rename one (--duckdb-file or --dataset)"
             )
@@ -174,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc), EXIT_BUSY)
     except DestinationUnusable as exc:
         return fail(str(exc))
-    except (PipelineStepFailed, CodatApiError, ValueError) as exc:
+    except (PipelineStepFailed, CodatApiError, InvalidOption) as exc:
         return fail(*describe(exc))
     for line in summary.lines():
         print(line)
@@ -206,7 +200,7 @@ def describe(exc: BaseException) -> tuple[str, int]:
             return duckdb_problem(None, error), EXIT_BUSY
         if isinstance(error, ConfigValueCannotBeCoercedException):
             return coercion_problem(error), EXIT_BAD_INPUT
-        if isinstance(error, ValueError) and error is not exc:
+        if isinstance(error, InvalidOption):
             return str(error), EXIT_BAD_INPUT
     return str(exc), EXIT_BAD_INPUT
 

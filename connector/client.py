@@ -16,11 +16,11 @@ from dlt.common.typing import TSecretStrValue
 from dlt.sources.helpers.requests.retry import Client
 from dlt.sources.helpers.rest_client.auth import AuthConfigBase
 from dlt.sources.helpers.rest_client.client import RESTClient
-from dlt.sources.helpers.rest_client.paginators import BasePaginator
 from dlt.sources.helpers.rest_client.typing import HTTPMethod
-from requests import PreparedRequest, Request, Response
+from requests import PreparedRequest, Response
 from requests.exceptions import ChunkedEncodingError, HTTPError
 
+from connector.errors import CodatApiError, InvalidOption, RunStopped
 from connector.pacing import (
     DEFAULT_BREAKER_FAILURES,
     DEFAULT_BREAKER_SECONDS,
@@ -31,10 +31,10 @@ from connector.pacing import (
     CircuitBreaker,
     PacedAdapter,
     Pacer,
-    RunStopped,
     company_of,
     retry_after_seconds,
 )
+from connector.paging import CodatPaginator, TotalResultsPaginator
 
 logger = logging.getLogger(__name__)
 
@@ -86,32 +86,6 @@ class InvalidBody(ChunkedEncodingError):
     """A `2xx` answer with a cut or malformed JSON body: retried like a dropped connection."""
 
 
-class CodatApiError(Exception):
-    """A Codat operation that failed for good, named with its company and Codat's details."""
-
-    def __init__(
-        self,
-        operation: str,
-        company_id: str | None,
-        status: int | None,
-        error: str,
-        correlation_id: str | None = None,
-        retry_after: float | None = None,
-        stopped: str | None = None,
-    ) -> None:
-        self.operation = operation
-        self.company_id = company_id
-        self.status = status
-        self.error = error
-        self.correlation_id = correlation_id
-        self.retry_after = retry_after
-        self.stopped = stopped  # why the run sent no more requests (`connector.pacing`), if so
-        where = f" for company {company_id}" if company_id else ""
-        status_text = f"HTTP {status}" if status else "not sent" if stopped else "no answer"
-        cid = f" (correlationId {correlation_id})" if correlation_id else ""
-        super().__init__(f"{operation}{where} failed: {status_text}: {error}{cid}")
-
-
 def _error_body(response: Response) -> Json:
     try:
         body = response.json()
@@ -152,33 +126,9 @@ class CodatRESTClient(RESTClient):
 
 
 def parsed_body(response: Response) -> Any:
-    """The JSON body of a response, parsed once by the client's hook."""
+    """The JSON body of a response, parsed once by the client's response hook (`_on_response`)."""
     cached = getattr(response, "codat_body", None)
     return cached if cached is not None else response.json()
-
-
-class PageNumberPaginator(BasePaginator):
-    """Codat's 1-based page numbers, stopping from `totalResults` (no trailing empty request)."""
-
-    def __init__(self, page_size: int) -> None:
-        super().__init__()
-        self.page_size = page_size
-        self.page = 1
-
-    def init_request(self, request: Request) -> None:
-        """Ask for the first page."""
-        request.params.update(page=self.page, pageSize=self.page_size)
-
-    def update_state(self, response: Response, data: list[Any] | None = None) -> None:
-        """Stop once the pages seen cover `totalResults`."""
-        body = parsed_body(response)
-        if self.page * self.page_size >= int(body.get("totalResults", 0)) or not body.get("results"):
-            self._has_next_page = False
-        self.page += 1
-
-    def update_request(self, request: Request) -> None:
-        """Ask for the next page."""
-        request.params["page"] = self.page
 
 
 class CodatClient:
@@ -221,7 +171,7 @@ class CodatClient:
         breaker_seconds: float = DEFAULT_BREAKER_SECONDS,
     ) -> None:
         if not api_key:
-            raise ValueError(
+            raise InvalidOption(
                 "No Codat API key: set SOURCES__CODAT__API_KEY or api_key under [sources.codat] "
                 "in .dlt/secrets.toml"
             )
@@ -313,7 +263,7 @@ class CodatClient:
         operation: str,
         company_id: str | None,
         path: str,
-        paginator: BasePaginator,
+        paginator: CodatPaginator,
         params: dict[str, Any] | None = None,
     ) -> Iterator[Json]:
         """Every page body of a paged listing, as the paginator walks it."""
@@ -338,7 +288,9 @@ class CodatClient:
     ) -> Iterator[Json]:
         """Every company of the account (paged to the end), optionally filtered by a Codat query."""
         params = {"query": query} if query else {}
-        for page in self.pages("list companies", None, "/companies", PageNumberPaginator(page_size), params):
+        for page in self.pages(
+            "list companies", None, "/companies", TotalResultsPaginator(page_size), params
+        ):
             yield from page.get("results", [])
 
     def get_company(self, company_id: str) -> Json:
@@ -348,7 +300,7 @@ class CodatClient:
     def list_connections(self, company_id: str, page_size: int = DEFAULT_LIST_PAGE_SIZE) -> Iterator[Json]:
         """Every data connection of a company."""
         path = f"/companies/{seg(company_id)}/connections"
-        for page in self.pages("list connections", company_id, path, PageNumberPaginator(page_size)):
+        for page in self.pages("list connections", company_id, path, TotalResultsPaginator(page_size)):
             yield from page.get("results", [])
 
     def data_status(self, company_id: str) -> Json:
@@ -363,7 +315,7 @@ class CodatClient:
     # -- customers -------------------------------------------------------------------------
 
     def list_customers(
-        self, company_id: str, paginator: BasePaginator, params: dict[str, Any] | None = None
+        self, company_id: str, paginator: CodatPaginator, params: dict[str, Any] | None = None
     ) -> Iterator[Json]:
         """The customer pages of a company, as `paginator` asks for them."""
         path = f"/companies/{seg(company_id)}/data/customers"

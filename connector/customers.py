@@ -9,15 +9,10 @@ from datetime import datetime
 from typing import Any
 
 from connector.batches import CustomerPage, PageBuilder
-from connector.client import CodatApiError, CodatClient
-from connector.paging import ModifiedDateSeekPaginator, PagingError
-from connector.records import (
-    ExtractionClock,
-    Json,
-    format_codat_datetime,
-    parse_codat_datetime,
-    record_hash,
-)
+from connector.client import CodatClient
+from connector.errors import CodatApiError, PagingError
+from connector.paging import ModifiedDateSeekPaginator
+from connector.records import ExtractionClock, Json, format_codat_datetime, parse_codat_datetime, record_hash
 from connector.status import SKIPPED, UNCHANGED, CompanyReport
 
 logger = logging.getLogger(__name__)

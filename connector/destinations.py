@@ -10,18 +10,12 @@ import dlt
 import duckdb
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 
+from connector.errors import DestinationLocked, DestinationUnusable
+
 # DuckDB takes up to 80% of the machine's memory for the merge of a large load; this bound
 # keeps a 500,000-customer load flat (peak 357 MiB against 297 MiB at 50,000) at a small cost
 # in speed: DuckDB spills to a temporary file instead.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "64MB"
-
-
-class DestinationUnusable(Exception):
-    """The destination cannot be written: its DuckDB file cannot be made or opened."""
-
-
-class DestinationLocked(DestinationUnusable):
-    """Another process holds the DuckDB file."""
 
 
 def duckdb_file(path: str | Path) -> Path:

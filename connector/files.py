@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import fsspec
 
+from connector.errors import InvalidOption
 from connector.records import Json
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class FileStore:
 
     def __init__(self, url: str, max_size: int, index: dict[str, Any]) -> None:
         if max_size < 1:
-            raise ValueError(f"max_file_size must be a positive number of bytes; got {max_size}")
+            raise InvalidOption(f"max_file_size must be a positive number of bytes; got {max_size}")
         self.fs, self.root = fsspec.core.url_to_fs(url)
         self.url = url
         self.max_size = max_size

@@ -21,11 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from connector.errors import PipelineBusy
+
 logger = logging.getLogger(__name__)
-
-
-class PipelineBusy(Exception):
-    """Another run holds the pipeline."""
 
 
 def lock_path(pipelines_dir: str, pipeline_name: str) -> Path:

@@ -17,6 +17,8 @@ from requests.adapters import HTTPAdapter
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import Timeout
 
+from connector.errors import InvalidOption, RunStopped
+
 DEFAULT_REQUESTS_PER_MINUTE = 1000  # Codat's limit per IP address
 DEFAULT_RATE_WINDOW = 60.0  # seconds the limit above counts over
 MAX_IN_FLIGHT_PER_COMPANY = 10  # Codat answers 429 past 10 concurrent requests for one company
@@ -78,7 +80,7 @@ class RateGate:
     ) -> None:
         burst = default_burst(limit) if burst is None else burst
         if limit < 2 or not window > 0 or not 1 <= burst < limit:
-            raise ValueError(
+            raise InvalidOption(
                 "requests_per_minute must be at least 2, rate_window positive and rate_burst "
                 f"between 1 and requests_per_minute - 1; got {limit}, {window}, {burst}"
             )
@@ -121,7 +123,7 @@ def checked_in_flight(per_company: int) -> int:
         ValueError: It is outside 1 to 10.
     """
     if not 1 <= per_company <= MAX_IN_FLIGHT_PER_COMPANY:
-        raise ValueError(
+        raise InvalidOption(
             f"attachment_concurrency must be between 1 and {MAX_IN_FLIGHT_PER_COMPANY} "
             f"(Codat refuses more concurrent requests per company); got {per_company}"
         )
@@ -176,18 +178,6 @@ class QuotaWatch:
             self.spent_for = retry_after if self.spent_for is None else max(self.spent_for, retry_after)
 
 
-class RunStopped(Exception):
-    """No more requests in this run: the API is unreachable, or the daily quota is spent.
-
-    Not a `requests` exception, so dlt's retrying session gives it up at once.
-    """
-
-    def __init__(self, kind: str, detail: str) -> None:
-        self.kind = kind
-        self.detail = detail
-        super().__init__(f"{kind}: {detail}")
-
-
 class StopSwitch:
     """The run's one switch that stops new requests; the first reason to trip it is kept."""
 
@@ -223,7 +213,7 @@ class CircuitBreaker:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if failures < 1 or seconds < 0:
-            raise ValueError(
+            raise InvalidOption(
                 "breaker_failures must be at least 1 and breaker_seconds at least 0; "
                 f"got {failures} and {seconds}"
             )

@@ -1,4 +1,4 @@
-"""Shift-proof paging of a company's customers by `modifiedDate` (seek, not page numbers)."""
+"""Paging Codat's listings: by `totalResults`, and shift-proof by `modifiedDate` (seek, not page numbers)."""
 
 from __future__ import annotations
 
@@ -10,21 +10,64 @@ from typing import Any
 from dlt.sources.helpers.rest_client.paginators import BasePaginator
 from requests import Request, Response
 
-from connector.client import parsed_body
-from connector.records import format_codat_datetime, parse_codat_datetime
+from connector.errors import PagingError, RepeatedPageError
+from connector.records import Json, format_codat_datetime, parse_codat_datetime
 
 DEFAULT_PAGE_SIZE = 5000
 
 
-class PagingError(RuntimeError):
-    """Codat's pages cannot be walked safely; the company's read stops and its cursor stays."""
+class CodatPaginator(BasePaginator):
+    """A dlt paginator that reads each of Codat's pages as its parsed JSON body.
+
+    dlt calls `update_state(response, data)` with the page's data as the REST client
+    extracted it; the connector's REST client (`connector.client.CodatRESTClient`) extracts
+    the whole body as the page's one item, so `data[0]` is the body. Subclasses implement
+    `update_from_body`; the response is there for its headers.
+    """
+
+    def update_state(self, response: Response, data: list[Any] | None = None) -> None:
+        """Hand the page's body to `update_from_body`.
+
+        Raises:
+            PagingError: The page's data is not one JSON object (not Codat's REST client).
+        """
+        if not data or not isinstance(data[0], dict):
+            raise PagingError("a page is not one JSON object: page Codat with connector.client's REST client")
+        self.update_from_body(response, data[0])
+
+    def update_from_body(self, response: Response, body: Json) -> None:
+        """Decide the next request from one page's body, or stop (`_has_next_page = False`)."""
+        raise NotImplementedError
 
 
-class RepeatedPageError(PagingError):
-    """Codat answered the same request with the same page twice: paging would never end."""
+class TotalResultsPaginator(CodatPaginator):
+    """Codat's 1-based `page`/`pageSize`, stopping once the results seen cover `totalResults`.
+
+    Unlike dlt's `PageNumberPaginator` (which counts pages, and would ask for one more, empty
+    page), it counts results, so a listing costs exactly its pages.
+    """
+
+    def __init__(self, page_size: int) -> None:
+        super().__init__()
+        self.page_size = page_size
+        self.page = 1
+
+    def init_request(self, request: Request) -> None:
+        """Ask for the first page."""
+        request.params.update(page=self.page, pageSize=self.page_size)
+
+    def update_from_body(self, response: Response, body: Json) -> None:
+        """Stop once the pages seen cover `totalResults`."""
+        if self.page * self.page_size >= int(body.get("totalResults", 0)) or not body.get("results"):
+            self._has_next_page = False
+        self.page += 1
+
+    def update_request(self, request: Request) -> None:
+        """Ask for the next page."""
+        request.params["page"] = self.page
 
 
-class ModifiedDateSeekPaginator(BasePaginator):
+class ModifiedDateSeekPaginator(CodatPaginator):
     """Pages customers in `modifiedDate` order by moving a lower bound, never by page number.
 
     Codat's pages are offsets over a set that changes while a client pages: a record it
@@ -99,9 +142,8 @@ class ModifiedDateSeekPaginator(BasePaginator):
         else:
             request.params.pop("query", None)
 
-    def update_state(self, response: Response, data: list[Any] | None = None) -> None:
+    def update_from_body(self, response: Response, body: Json) -> None:
         """Decide the next request from the page just read, or stop."""
-        body = parsed_body(response)
         results: list[dict[str, Any]] = body.get("results") or []
         total = int(body.get("totalResults") or 0)
         self._guard(results)

@@ -13,14 +13,9 @@ from dlt.sources import DltResource
 
 from connector.attachments import AttachmentSync, Collector
 from connector.batches import CHILD_TABLES, CUSTOMER_COLUMNS, child_columns
-from connector.client import (
-    DEFAULT_BACKOFF_FACTOR,
-    DEFAULT_BASE_URL,
-    DEFAULT_MAX_ATTEMPTS,
-    CodatApiError,
-    CodatClient,
-)
+from connector.client import DEFAULT_BACKOFF_FACTOR, DEFAULT_BASE_URL, DEFAULT_MAX_ATTEMPTS, CodatClient
 from connector.customers import CustomerSync, accounting_connection_ids
+from connector.errors import CodatApiError, InvalidOption
 from connector.files import DEFAULT_FILES_URL, DEFAULT_MAX_FILE_SIZE, FileStore
 from connector.pacing import (
     DEFAULT_BREAKER_FAILURES,
@@ -33,13 +28,7 @@ from connector.pacing import (
 )
 from connector.paging import DEFAULT_PAGE_SIZE
 from connector.progress import Progress
-from connector.records import (
-    ATTACHMENT_COLUMNS,
-    ATTACHMENT_KEY,
-    FILE_COLUMNS,
-    Json,
-    parse_codat_datetime,
-)
+from connector.records import ATTACHMENT_COLUMNS, ATTACHMENT_KEY, FILE_COLUMNS, Json, parse_codat_datetime
 from connector.status import RunReport
 
 
@@ -182,7 +171,7 @@ def codat_source(
         if not company_ids:
             listed = list(client.list_companies(company_query))
             if company_query and not listed:
-                raise ValueError(
+                raise InvalidOption(
                     f"company_query {company_query!r} matches no company of the account; "
                     "check it against Codat's query language (e.g. 'name~Acme')"
                 )
@@ -317,24 +306,24 @@ def _check_options(
 ) -> None:
     """Reject options that would widen the run or spend requests on nothing."""
     if company_ids is not None and (not company_ids or not all(str(c).strip() for c in company_ids)):
-        raise ValueError(
+        raise InvalidOption(
             f"{setting('company_ids')} names no company id (an empty list or an empty id); "
             "leave it unset to sync every company"
         )
     if company_query is not None and not company_query.strip():
-        raise ValueError(f"{setting('company_query')} is empty; leave it unset to sync every company")
+        raise InvalidOption(f"{setting('company_query')} is empty; leave it unset to sync every company")
     if not 1 <= page_size <= 5000:
-        raise ValueError(f"{setting('page_size')} must be between 1 and 5000 (Codat's limit): {page_size}")
+        raise InvalidOption(f"{setting('page_size')} must be between 1 and 5000 (Codat's limit): {page_size}")
     if request_budget is not None and request_budget < 1:
-        raise ValueError(f"{setting('request_budget')} must be at least 1 request; got {request_budget}")
+        raise InvalidOption(f"{setting('request_budget')} must be at least 1 request; got {request_budget}")
     if max_attempts < 1:
-        raise ValueError(f"{setting('max_attempts')} must be at least 1; got {max_attempts}")
+        raise InvalidOption(f"{setting('max_attempts')} must be at least 1; got {max_attempts}")
 
 
 def _check_not_negative(**values: float) -> None:
     for name, value in values.items():
         if value < 0:
-            raise ValueError(f"{setting(name)} must be 0 or more; got {value}")
+            raise InvalidOption(f"{setting(name)} must be 0 or more; got {value}")
 
 
 def _window(since: str | None, until: str | None) -> tuple[Any, Any]:
@@ -342,10 +331,10 @@ def _window(since: str | None, until: str | None) -> tuple[Any, Any]:
     for name, value in (("since", since), ("until", until)):
         moment = parse_codat_datetime(value) if value else None
         if value and moment is None:
-            raise ValueError(
+            raise InvalidOption(
                 f"{name} must be a date such as 2024-01-31 or 2024-01-31T12:00:00Z; got {value!r}"
             )
         bounds.append(moment)
     if bounds[0] is not None and bounds[1] is not None and bounds[0] >= bounds[1]:
-        raise ValueError(f"since ({since}) must be before until ({until}): the window holds no instant")
+        raise InvalidOption(f"since ({since}) must be before until ({until}): the window holds no instant")
     return bounds[0], bounds[1]

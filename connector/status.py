@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from connector.client import CodatApiError, RequestCounter
-from connector.pacing import API_UNREACHABLE, QUOTA_SPENT, RunStopped, StopSwitch
+from connector.client import RequestCounter
+from connector.errors import CodatApiError, RunStopped
+from connector.pacing import API_UNREACHABLE, QUOTA_SPENT, StopSwitch
 
 OK = "ok"
 UNCHANGED = "unchanged"

@@ -18,8 +18,9 @@ from dlt.destinations.exceptions import DatabaseException
 
 from connector.batches import CHILD_TABLES
 from connector.destinations import check_destination, describe_destination
+from connector.errors import RunStopped
 from connector.lock import lock_path, pipeline_lock
-from connector.pacing import API_UNREACHABLE, RunStopped
+from connector.pacing import API_UNREACHABLE
 from connector.source import codat_source
 from connector.status import FAILED, NOT_READY, OK, STATUSES, RunReport
 from connector.views import create_views, has_table, prune_child_rows
