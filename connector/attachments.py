@@ -20,16 +20,11 @@ from typing import Any
 import dlt
 
 from connector.client import CodatClient
+from connector.defaults import DEFAULT_IN_FLIGHT_PER_COMPANY, DEFAULT_PAGE_SIZE, DEFAULT_QUOTA_RESERVE
 from connector.errors import CodatApiError, PagingError, RunStopped
 from connector.files import FileStore
-from connector.pacing import (
-    DEFAULT_IN_FLIGHT_PER_COMPANY,
-    DEFAULT_QUOTA_RESERVE,
-    QUOTA_SPENT,
-    CompanyQueue,
-    checked_in_flight,
-)
-from connector.paging import DEFAULT_PAGE_SIZE, ModifiedDateSeekPaginator
+from connector.pacing import QUOTA_SPENT, CompanyQueue, checked_in_flight
+from connector.paging import ModifiedDateSeekPaginator
 from connector.records import Json, map_attachment, parse_codat_datetime
 from connector.status import RunReport
 from connector.watermarks import LEGACY_STATE_KEY, STATE_KEY, Key, Span, Stream, customer_key, merge_spans

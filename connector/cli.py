@@ -19,6 +19,7 @@ from dlt.common.destination.exceptions import UnknownDestinationModule
 from dlt.common.runtime.collector import LogCollector, TqdmCollector
 from dlt.pipeline.exceptions import PipelineStepFailed
 
+from connector.defaults import DEFAULT_DUCKDB_FILE
 from connector.destinations import duckdb_destination, duckdb_problem
 from connector.errors import (
     CodatApiError,
@@ -32,9 +33,6 @@ from connector.source import setting
 from connector.sync import EXIT_API_UNREACHABLE, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_QUOTA_SPENT, run_sync
 
 PROGRESS_PERIOD = 2.0  # seconds between progress reports
-# Not `codat.duckdb`: DuckDB names the catalog after the file, and a catalog named like the
-# dataset makes `codat.customers` ambiguous (a Binder Error on load and in every query).
-DEFAULT_DUCKDB_FILE = "codat_warehouse.duckdb"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

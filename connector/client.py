@@ -20,29 +20,25 @@ from dlt.sources.helpers.rest_client.typing import HTTPMethod
 from requests import PreparedRequest, Response
 from requests.exceptions import ChunkedEncodingError, HTTPError
 
-from connector.errors import CodatApiError, InvalidOption, RunStopped
-from connector.pacing import (
+from connector.defaults import (
+    DEFAULT_BACKOFF_FACTOR,
+    DEFAULT_BASE_URL,
     DEFAULT_BREAKER_FAILURES,
     DEFAULT_BREAKER_SECONDS,
     DEFAULT_IN_FLIGHT_PER_COMPANY,
+    DEFAULT_LIST_PAGE_SIZE,
+    DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_RETRY_WAIT,
     DEFAULT_RATE_WINDOW,
     DEFAULT_REQUESTS_PER_MINUTE,
-    CircuitBreaker,
-    PacedAdapter,
-    Pacer,
-    company_of,
-    retry_after_seconds,
+    DEFAULT_TIMEOUT,
 )
+from connector.errors import CodatApiError, InvalidOption, RunStopped
+from connector.pacing import CircuitBreaker, PacedAdapter, Pacer, company_of, retry_after_seconds
 from connector.paging import CodatPaginator, TotalResultsPaginator
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.codat.io"
-DEFAULT_MAX_ATTEMPTS = 6
-DEFAULT_BACKOFF_FACTOR = 1.0
-DEFAULT_TIMEOUT = 60.0
-DEFAULT_LIST_PAGE_SIZE = 1000
 NOTED_WAIT = 5.0  # seconds: a Retry-After this long is logged, so a waiting run is not silent
 RETRY_STATUSES = tuple(range(500, 600))  # and 429, when its Retry-After is short enough to wait
 CONNECTION_POOL_SIZE = 64

@@ -16,9 +16,6 @@ if TYPE_CHECKING:
     from connector.client import CodatClient
     from connector.status import RunReport
 
-DEFAULT_FILES_URL = "codat_files"
-DEFAULT_MAX_FILE_SIZE = 100 * 1024 * 1024  # QuickBooks Online's and NetSuite's own cap
-
 
 def safe_segment(value: str) -> str:
     """An id as one harmless path segment: no separators, no `.` or `..`, nothing to expand."""

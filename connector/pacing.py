@@ -17,18 +17,18 @@ from requests.adapters import HTTPAdapter
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import Timeout
 
+from connector.defaults import (
+    DEFAULT_BREAKER_FAILURES,
+    DEFAULT_BREAKER_SECONDS,
+    DEFAULT_IN_FLIGHT_PER_COMPANY,
+    DEFAULT_RATE_WINDOW,
+    DEFAULT_REQUESTS_PER_MINUTE,
+    MAX_IN_FLIGHT_PER_COMPANY,
+)
 from connector.errors import InvalidOption, RunStopped
 
-DEFAULT_REQUESTS_PER_MINUTE = 1000  # Codat's limit per IP address
-DEFAULT_RATE_WINDOW = 60.0  # seconds the limit above counts over
-MAX_IN_FLIGHT_PER_COMPANY = 10  # Codat answers 429 past 10 concurrent requests for one company
-DEFAULT_IN_FLIGHT_PER_COMPANY = MAX_IN_FLIGHT_PER_COMPANY
-DEFAULT_MAX_RETRY_WAIT = 60.0  # a 429 asking to wait longer is final (a spent daily quota)
-DEFAULT_QUOTA_RESERVE = 100  # daily requests left alone by attachment listings, for customer pages
 RATE_BURST_DIVISOR = 10  # the token bucket holds a tenth of the per-minute limit
 SEND_JITTER = 0.25  # seconds a request may take from leaving its turn to being counted by Codat
-DEFAULT_BREAKER_FAILURES = 10  # attempts in a row without an answer (or with a 5xx) open the breaker
-DEFAULT_BREAKER_SECONDS = 10.0  # ... once they have gone on this long (a blip of errors does not)
 # Why a run stops sending requests before its work is done.
 API_UNREACHABLE = "API unreachable"
 QUOTA_SPENT = "daily quota spent"

@@ -10,10 +10,9 @@ from typing import Any
 from dlt.sources.helpers.rest_client.paginators import BasePaginator
 from requests import Request, Response
 
+from connector.defaults import DEFAULT_PAGE_SIZE
 from connector.errors import PagingError, RepeatedPageError
 from connector.records import Json, format_codat_datetime, parse_codat_datetime
-
-DEFAULT_PAGE_SIZE = 5000
 
 
 class CodatPaginator(BasePaginator):

@@ -7,13 +7,12 @@ import uuid
 from dataclasses import dataclass, field
 
 from connector.client import CodatClient
+from connector.defaults import DEFAULT_POLL_INTERVAL, DEFAULT_PUSH_TIMEOUT
 from connector.records import Json
 
 PENDING = "Pending"
 SUCCESS = "Success"
 READ_ONLY_FIELDS = frozenset({"id", "modifiedDate", "sourceModifiedDate"})
-DEFAULT_POLL_INTERVAL = 2.0
-DEFAULT_PUSH_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)

@@ -13,20 +13,25 @@ from dlt.sources import DltResource
 
 from connector.attachments import AttachmentSync, Collector
 from connector.batches import CHILD_TABLES, CUSTOMER_COLUMNS, child_columns
-from connector.client import DEFAULT_BACKOFF_FACTOR, DEFAULT_BASE_URL, DEFAULT_MAX_ATTEMPTS, CodatClient
+from connector.client import CodatClient
 from connector.customers import CustomerSync, accounting_connection_ids
-from connector.errors import CodatApiError, InvalidOption
-from connector.files import DEFAULT_FILES_URL, DEFAULT_MAX_FILE_SIZE, FileStore
-from connector.pacing import (
+from connector.defaults import (
+    DEFAULT_BACKOFF_FACTOR,
+    DEFAULT_BASE_URL,
     DEFAULT_BREAKER_FAILURES,
     DEFAULT_BREAKER_SECONDS,
+    DEFAULT_FILES_URL,
     DEFAULT_IN_FLIGHT_PER_COMPANY,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_FILE_SIZE,
     DEFAULT_MAX_RETRY_WAIT,
+    DEFAULT_PAGE_SIZE,
     DEFAULT_QUOTA_RESERVE,
     DEFAULT_RATE_WINDOW,
     DEFAULT_REQUESTS_PER_MINUTE,
 )
-from connector.paging import DEFAULT_PAGE_SIZE
+from connector.errors import CodatApiError, InvalidOption
+from connector.files import FileStore
 from connector.progress import Progress
 from connector.records import ATTACHMENT_COLUMNS, ATTACHMENT_KEY, FILE_COLUMNS, Json, parse_codat_datetime
 from connector.status import RunReport

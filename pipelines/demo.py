@@ -20,6 +20,7 @@ from urllib.request import ProxyHandler, Request, build_opener
 import duckdb
 
 from connector import cli
+from connector.defaults import DEFAULT_DUCKDB_FILE
 from connector.emulator.launch import EmulatorStartError, emulator_process
 from connector.sync import EXIT_OK
 
@@ -27,7 +28,7 @@ SEED, COMPANIES, CUSTOMERS = 7, 3, 2000
 # Codat allows 1,000 requests a minute; the demo's emulator allows 1,000 every 6 s (and the sync
 # paces itself to that), so the first run's 2,000 attachment listings take seconds, not minutes.
 RATE_WINDOW = "6"
-DUCKDB_FILE = Path(cli.DEFAULT_DUCKDB_FILE)
+DUCKDB_FILE = Path(DEFAULT_DUCKDB_FILE)
 DATASET = "codat"
 # Per company, between the two runs: what one Codat sync of the companies might bring.
 CHANGES = (("modify", 20), ("delete", 5), ("add", 10))

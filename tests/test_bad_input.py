@@ -81,7 +81,7 @@ def test_bad_input_exits_with_its_code_and_one_line_naming_it(
 
 def loaded_tables(folder: Path) -> list[tuple[str]]:
     """The tables of the `codat` dataset in the folder's DuckDB file, if it has one."""
-    database = folder / cli.DEFAULT_DUCKDB_FILE
+    database = folder / "codat_warehouse.duckdb"
     if not database.exists():
         return []
     with duckdb.connect(str(database), read_only=True) as con:

@@ -333,5 +333,5 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     assert run_2[2] == "   companies: 3 (0 failed)"
     assert run_2[3].startswith("   customers: 30 new, ")  # 10 added in each company
     assert not re.search(r"demo-[0-9a-f]{16}", done.stdout + done.stderr)  # the key is never printed
-    assert (tmp_path / cli.DEFAULT_DUCKDB_FILE).is_file()
-    assert not (ROOT / "pipelines" / cli.DEFAULT_DUCKDB_FILE).exists()
+    assert (tmp_path / "codat_warehouse.duckdb").is_file()
+    assert not (ROOT / "pipelines" / "codat_warehouse.duckdb").exists()

@@ -56,6 +56,20 @@ class Exchange:
             return None
         return self.request.headers.get("Idempotency-Key") or None
 
+    def log_entry(self, status: int) -> dict[str, Any]:
+        """The request log's record of this exchange, answered with `status`."""
+        return {
+            "method": self.request.method,
+            "path": self.request.path,
+            "params": self.request.params,
+            "operation": self.operation,
+            "company_id": self.company_id,
+            "client_ip": self.request.client_ip,
+            "status": status,
+            "fault": self.fault.kind if self.fault else None,
+            "refused": self.refusal,
+        }
+
 
 Step = Callable[[Exchange, Proceed], Response]
 
@@ -285,17 +299,5 @@ class Emulator:
         return self.api.answer(exchange.match, request)
 
     def _log(self, exchange: Exchange, status: int) -> None:
-        request = exchange.request
-        entry = {
-            "method": request.method,
-            "path": request.path,
-            "params": request.params,
-            "operation": exchange.operation,
-            "company_id": exchange.company_id,
-            "client_ip": request.client_ip,
-            "status": status,
-            "fault": exchange.fault.kind if exchange.fault else None,
-            "refused": exchange.refusal,
-        }
         with self._log_lock:
-            self.request_log.append(entry)
+            self.request_log.append(exchange.log_entry(status))
