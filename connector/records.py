@@ -23,8 +23,9 @@ NULL_DATE_YEAR = 1
 def parse_codat_datetime(value: Any) -> datetime | None:
     """Read any Codat date form as an aware UTC datetime, or None.
 
-    Zone-less values (`2021-11-15T01:00:00`) are read as UTC, as Codat documents them;
-    a 7th fractional digit is dropped (Python keeps microseconds). `0001-01-01` means
+    Zone-less values (`2021-11-15T01:00:00`) are read as UTC: Codat documents them as the
+    business's local time but never says which zone that is (`docs/codat-api.md`, Dates).
+    A 7th fractional digit is dropped (Python keeps microseconds). `0001-01-01` means
     "no date" in Codat and is read as None.
     """
     if not isinstance(value, str):
