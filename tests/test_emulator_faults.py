@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from connector.emulator.limits import ERROR_TEXTS
+from connector.emulator.wire import ERROR_TEXTS
 from tests.conftest import assert_error, basic_auth, customers_path
 
 HOW = ["python", "http"]
