@@ -11,7 +11,7 @@ from urllib.parse import quote, urlencode
 from connector.emulator.data import attachment_bytes
 from connector.emulator.model import STATUS_COMPLETE, STATUS_NEVER_READ, Company, Connection, Json
 from connector.emulator.push import PushLedger
-from connector.emulator.push_models import load_model, validate_customer
+from connector.emulator.push_models import READ_ONLY_FIELDS, load_model, validate_customer
 from connector.emulator.query import QueryError
 from connector.emulator.selection import cached_query, select
 from connector.emulator.store import Store, utc_stamp
@@ -330,9 +330,6 @@ def _push_body(
     return body, validate_customer(load_model(connection.platform_name), body)
 
 
-READ_ONLY = ("id", "modifiedDate", "sourceModifiedDate")
-
-
 def _queue_push(
     api: CodatApi,
     company: Company,
@@ -365,7 +362,7 @@ def create_customer(api: CodatApi, request: Request, args: list[str]) -> Respons
         company = api.company(args[0])
         connection = api.connection(company, args[1])
     body, errors = _push_body(api, request, company, connection)
-    record = {k: v for k, v in body.items() if k not in READ_ONLY}
+    record = {k: v for k, v in body.items() if k not in READ_ONLY_FIELDS}
     record.update(id=str(uuid.uuid4()), sourceModifiedDate=utc_stamp(), metadata={"isDeleted": False})
     return _queue_push(api, company, connection, record, "Created", timeout, errors)
 
@@ -381,6 +378,6 @@ def update_customer(api: CodatApi, request: Request, args: list[str]) -> Respons
         current = api.customer(company, args[2])
         stale = (company.id, args[2]) in api.store.platform_changed
     body, errors = _push_body(api, request, company, connection)
-    record = {**current, **{k: v for k, v in body.items() if k not in READ_ONLY}}
+    record = {**current, **{k: v for k, v in body.items() if k not in READ_ONLY_FIELDS}}
     record["sourceModifiedDate"] = utc_stamp()
     return _queue_push(api, company, connection, record, "Modified", timeout, errors, stale and not force)

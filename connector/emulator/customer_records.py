@@ -8,8 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from connector.emulator import names as n
-
-Json = dict[str, Any]
+from connector.emulator.model import Json
 
 # Zone-less dates are written as UTC wall time: Codat's cache stamps are UTC.
 OFFSETS = (("+01:00", 3600), ("-05:00", -18000), ("+05:30", 19800))

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-Json = dict[str, Any]
+Json = dict[str, Any]  # a JSON object: the emulator's one alias for it
 
 # Codat's `dataStatus.customers.currentStatus` values the emulator uses.
 STATUS_COMPLETE = "Complete"

@@ -10,7 +10,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-Json = dict[str, Any]
+from connector.emulator.model import Json
+
 ValidationItem = dict[str, str | None]
 
 FALLBACK_PLATFORM = "Sandbox"
