@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +14,28 @@ import duckdb
 
 from connector.emulator.model import STATUS_COMPLETE
 from connector.emulator.server import Emulator
-from connector.records import parse_codat_datetime
 from connector.sync import SyncSummary, run_sync
 from tests.conftest import API_KEY
 
 _names = itertools.count()
 FAST_RETRIES = {"backoff_factor": 0.01, "max_attempts": 4}
+# The date forms Codat documents and the emulator writes: `Z`, zone-less or `+hh:mm`, 0-7 fraction digits.
+_CODAT_DATE = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,7}))?(Z|[+-]\d{2}:\d{2})?")
+
+
+def codat_instant(text: str | None) -> datetime | None:
+    """The UTC instant a Codat date names: the tests' own reading, independent of the connector's.
+
+    Zone-less dates are UTC, a 7th fraction digit is dropped, `0001-01-01...` is "no date";
+    any other form fails the test rather than being guessed at.
+    """
+    if text is None or text.startswith("0001-01-01"):
+        return None
+    match = _CODAT_DATE.fullmatch(text)
+    assert match is not None, f"not a Codat date form: {text!r}"
+    clock, fraction, zone = match.groups()
+    canonical = f"{clock}.{(fraction or '0')[:6]}{zone or 'Z'}"
+    return datetime.strptime(canonical, "%Y-%m-%dT%H:%M:%S.%f%z").astimezone(UTC)
 
 
 class Warehouse:
@@ -70,7 +88,7 @@ def readable(emulator: Emulator) -> list[Any]:
 
 def attachment_keys(emulator: Emulator) -> set[tuple[str, str, str, str]]:
     """Every (company, connection, customer, attachment) a complete sync lists."""
-    keys = set()
+    keys: set[tuple[str, str, str, str]] = set()
     for company in readable(emulator):
         accounting = {c.id for c in company.accounting_connections}
         for (connection_id, customer_id), items in company.attachments.items():
@@ -93,7 +111,7 @@ def expected_customers(emulator: Emulator) -> dict[tuple[str, str], dict[str, An
                 "default_currency": record.get("defaultCurrency"),
                 "status": record.get("status"),
                 "is_deleted": bool(metadata.get("isDeleted")) if isinstance(metadata, dict) else False,
-                "modified_date": parse_codat_datetime(record.get("modifiedDate")),
+                "modified_date": codat_instant(record.get("modifiedDate")),
                 "supplemental_data": supplemental,
             }
     return expected

@@ -11,11 +11,12 @@ import traceback
 import pytest
 from dlt.common import logger as dlt_logger
 
-from connector.client import CodatApiError, CodatClient, CodatKeyAuth
+from connector.client import CodatClient, CodatKeyAuth
 from connector.emulator.data import attachment_bytes
 from connector.emulator.limits import ERROR_TEXTS
 from connector.emulator.names import HOSTILE_IDS
 from connector.emulator.push_models import load_model
+from connector.errors import CodatApiError
 from connector.paging import ModifiedDateSeekPaginator
 from tests.conftest import API_KEY
 
@@ -415,8 +416,12 @@ def test_api_key_never_appears_in_errors_reprs_logs_or_tracebacks(emulator, base
         errors.append(exc)
 
     assert [e.status for e in errors] == [403, 401]
+    assert repr(client) == str(client) == f"CodatClient(base_url='{base_url}')"
+    assert repr(bad_client) == f"CodatClient(base_url='{base_url}')"
+    assert repr(client.rest.auth) == str(client.rest.auth) == "CodatKeyAuth(api_key=***)"
     secrets = [API_KEY, base64.b64encode(API_KEY.encode()).decode()]
-    texts = [str(client), repr(client), str(bad_client), repr(client.rest.auth), str(client.rest.auth)]
+    texts = [str(client), repr(client), str(bad_client), repr(bad_client)]
+    texts += [repr(client.rest.auth), str(client.rest.auth), repr(bad_client.rest.auth)]
     texts += [repr(CodatKeyAuth(api_key=API_KEY)), str(CodatKeyAuth(api_key=API_KEY))]
     for err in errors:
         texts += [str(err), repr(err), "".join(traceback.format_exception(err))]

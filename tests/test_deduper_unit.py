@@ -1,0 +1,103 @@
+"""BoundaryDeduper alone: which records at the cursor are dropped, and where cursor and boundary move."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from connector.customers import BoundaryDeduper
+
+T1 = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
+T2 = datetime(2024, 5, 1, 10, 0, 1, tzinfo=UTC)
+T3 = datetime(2024, 5, 2, tzinfo=UTC)
+
+ACME = {"id": "a", "customerName": "Acme"}
+ACME_RENAMED = {"id": "a", "customerName": "Acme Ltd"}
+BOLT = {"id": "b", "customerName": "Bolt"}
+COG = {"id": "c", "customerName": "Cog"}
+DYNO = {"id": "d", "customerName": "Dyno"}
+# blake2b-80 of each record's sorted, compact JSON, from coreutils `b2sum -l 80`.
+DIGESTS = {
+    "ACME": "588b3219d9e00f1c0e10",
+    "ACME_RENAMED": "031bb2987b335aeb67a2",
+    "BOLT": "fb7d9d9f94bcb860fb89",
+    "COG": "0e6d452200701427765b",
+    "DYNO": "e9cc15ef106ca40c6ef2",
+}
+
+
+def test_a_first_run_keeps_everything_and_moves_to_the_pages_top_instant() -> None:
+    deduper = BoundaryDeduper(None, [])
+
+    kept = deduper.fresh([ACME, BOLT, COG], [T1, T2, T2])
+
+    assert kept == ([ACME, BOLT, COG], [T1, T2, T2])
+    assert deduper.cursor == T2
+    assert deduper.boundary == {DIGESTS["BOLT"], DIGESTS["COG"]}
+
+
+def test_records_at_the_saved_cursor_are_dropped_only_if_unchanged() -> None:
+    deduper = BoundaryDeduper(T1, [DIGESTS["ACME"], DIGESTS["BOLT"]])
+
+    kept = deduper.fresh([ACME, BOLT, COG], [T1, T1, T1])
+
+    assert kept == ([COG], [T1])  # COG arrived at the cursor's instant after the last run
+    assert deduper.cursor == T1
+    assert deduper.boundary == {DIGESTS["ACME"], DIGESTS["BOLT"], DIGESTS["COG"]}
+
+
+def test_a_record_changed_without_its_date_moving_is_kept() -> None:
+    deduper = BoundaryDeduper(T1, [DIGESTS["ACME"]])
+
+    kept = deduper.fresh([ACME_RENAMED, BOLT], [T1, T2])
+
+    assert kept == ([ACME_RENAMED, BOLT], [T1, T2])
+    assert deduper.cursor == T2
+    assert deduper.boundary == {DIGESTS["BOLT"]}
+
+
+def test_the_record_a_seek_repeats_at_its_bound_is_dropped_on_the_next_page() -> None:
+    deduper = BoundaryDeduper(None, [])
+    deduper.fresh([ACME, BOLT], [T1, T2])
+
+    kept = deduper.fresh([BOLT, COG], [T2, T3])  # the next seek asks for modifiedDate>=T2
+
+    assert kept == ([COG], [T3])
+    assert (deduper.cursor, deduper.boundary) == (T3, {DIGESTS["COG"]})
+
+
+def test_a_tie_group_paged_twice_loads_each_record_once() -> None:
+    deduper = BoundaryDeduper(None, [])
+    first_pass = [deduper.fresh([ACME, BOLT], [T1, T1]), deduper.fresh([COG], [T1])]
+
+    second_pass = [deduper.fresh([ACME, BOLT], [T1, T1]), deduper.fresh([COG, DYNO], [T1, T1])]
+
+    assert first_pass == [([ACME, BOLT], [T1, T1]), ([COG], [T1])]
+    assert second_pass == [([], []), ([DYNO], [T1])]  # DYNO joined the instant between passes
+    assert deduper.boundary == {DIGESTS[n] for n in ("ACME", "BOLT", "COG", "DYNO")}
+
+
+def test_records_without_a_date_are_always_kept_and_never_move_the_cursor() -> None:
+    deduper = BoundaryDeduper(None, [])
+
+    assert deduper.fresh([ACME, BOLT], [None, None]) == ([ACME, BOLT], [None, None])
+    assert (deduper.cursor, deduper.boundary) == (None, set())
+    assert deduper.fresh([ACME, COG], [None, T1]) == ([ACME, COG], [None, T1])
+    assert (deduper.cursor, deduper.boundary) == (T1, {DIGESTS["COG"]})
+    assert deduper.fresh([ACME], [None]) == ([ACME], [None])
+    assert (deduper.cursor, deduper.boundary) == (T1, {DIGESTS["COG"]})
+
+
+def test_records_before_the_cursor_are_kept_and_the_cursor_never_moves_back() -> None:
+    deduper = BoundaryDeduper(T2, [DIGESTS["ACME"]])
+
+    kept = deduper.fresh([ACME, BOLT], [T1, T1])
+
+    assert kept == ([ACME, BOLT], [T1, T1])  # only records at the cursor are compared
+    assert (deduper.cursor, deduper.boundary) == (T2, {DIGESTS["ACME"]})
+
+
+def test_an_empty_page_changes_nothing() -> None:
+    deduper = BoundaryDeduper(T1, [DIGESTS["ACME"]])
+
+    assert deduper.fresh([], []) == ([], [])
+    assert (deduper.cursor, deduper.boundary) == (T1, {DIGESTS["ACME"]})
