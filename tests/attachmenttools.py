@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
-from connector.emulator.server import Emulator
+from connector.emulator.emulator import Emulator
 from tests.synctools import Warehouse, readable
 
 Listing = tuple[str, str, str]  # company, connection, customer

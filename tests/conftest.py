@@ -16,11 +16,9 @@ os.environ["SOURCES__CODAT__REQUESTS_PER_MINUTE"] = "1000000"
 
 import pytest  # noqa: E402 - after the environment above
 
-from connector.emulator.server import Emulator, EmulatorServer  # noqa: E402
-from connector.emulator.store import Sizing  # noqa: E402
-
-API_KEY = "test-key-5f2c9a"
-DEFAULT_SIZING = Sizing(seed=7, companies=3, customers=300)
+from connector.emulator.emulator import Emulator  # noqa: E402
+from connector.emulator.server import EmulatorServer  # noqa: E402
+from tests.utils import API_KEY, DEFAULT_SIZING, CodatSession  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -49,31 +47,6 @@ def base_url(emulator: Emulator, emulator_server: EmulatorServer) -> str:
     return emulator_server.url
 
 
-# -- HTTP helpers for tests that talk to the emulator over loopback ---------------------------
-
-import base64  # noqa: E402
-
-import requests  # noqa: E402
-
-
-def basic_auth(api_key: str = API_KEY) -> str:
-    """The `Authorization` value Codat expects: `Basic` and the base64 of the key alone."""
-    return "Basic " + base64.b64encode(api_key.encode()).decode()
-
-
-class CodatSession(requests.Session):
-    """A keep-alive session whose URLs are paths under the emulator's base URL."""
-
-    def __init__(self, base_url: str, api_key: str | None = API_KEY) -> None:
-        super().__init__()
-        self.base_url = base_url
-        if api_key is not None:
-            self.headers["Authorization"] = basic_auth(api_key)
-
-    def request(self, method, url, *args, **kwargs):  # type: ignore[override]
-        return super().request(method, self.base_url + url, *args, **kwargs)
-
-
 @pytest.fixture
 def codat(base_url: str) -> Iterator[CodatSession]:
     """A session that sends the right API key to the freshly reset emulator."""
@@ -86,25 +59,3 @@ def control(base_url: str) -> Iterator[CodatSession]:
     """A session without credentials, for the emulator's `/_emulator/` control API."""
     with CodatSession(base_url, api_key=None) as session:
         yield session
-
-
-ERROR_KEYS = {"statusCode", "service", "error", "correlationId", "canBeRetried", "detailedErrorCode"}
-
-
-def assert_error(response: requests.Response, status: int, error: str | None = None) -> dict:
-    """Check an `ErrorMessage` answer and return its body."""
-    assert response.status_code == status
-    body = response.json()
-    assert set(body) == ERROR_KEYS
-    assert body["statusCode"] == status
-    assert isinstance(body["correlationId"], str)
-    assert len(body["correlationId"]) == 32
-    assert body["canBeRetried"] == "Unknown"
-    assert body["detailedErrorCode"] == 0
-    if error is not None:
-        assert body["error"] == error
-    return body
-
-
-def customers_path(company_id: str) -> str:
-    return f"/companies/{company_id}/data/customers"

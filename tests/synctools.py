@@ -12,10 +12,10 @@ from typing import Any
 import dlt
 import duckdb
 
+from connector.emulator.emulator import Emulator
 from connector.emulator.model import STATUS_COMPLETE
-from connector.emulator.server import Emulator
 from connector.sync import SyncSummary, run_sync
-from tests.conftest import API_KEY
+from tests.utils import API_KEY
 
 _names = itertools.count()
 FAST_RETRIES = {"backoff_factor": 0.01, "max_attempts": 4}

@@ -9,9 +9,6 @@ from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-# ERROR_TEXTS and FAULT_KINDS are re-exported for tests that still import them from here.
-from connector.emulator.faults import FAULT_KINDS as FAULT_KINDS
-from connector.emulator.wire import ERROR_TEXTS as ERROR_TEXTS
 from connector.emulator.wire import LOOPBACK
 
 DEFAULT_DAILY_REQUESTS_PER_COMPANY = 1000

@@ -13,8 +13,6 @@ from connector.emulator.emulator import Emulator
 from connector.emulator.faults import deliver
 from connector.emulator.wire import LOOPBACK, Request, Response
 
-__all__ = ["Emulator", "EmulatorServer", "parse_request"]  # tests build an `Emulator` from here
-
 
 def parse_request(method: str, target: str, headers: Any, body: bytes, client_ip: str = LOOPBACK) -> Request:
     """Split a request target into decoded path segments and query parameters."""

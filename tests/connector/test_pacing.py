@@ -9,10 +9,10 @@ from email.utils import format_datetime
 import pytest
 
 from connector.client import CodatApiError, CodatClient
-from connector.emulator.server import Emulator
+from connector.emulator.emulator import Emulator
 from connector.pacing import RateGate, retry_after_seconds
-from tests.conftest import API_KEY
 from tests.synctools import Warehouse, readable
+from tests.utils import API_KEY
 
 
 class FakeTime:

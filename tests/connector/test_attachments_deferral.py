@@ -9,19 +9,18 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
 
-from connector.emulator.server import Emulator
+from connector.emulator.emulator import Emulator
 from connector.watermarks import MAX_SKIP, MAX_SPANS
 from tests.attachmenttools import attachment_rows, every_listing, listings, loaded
-from tests.conftest import API_KEY
 from tests.synctools import Warehouse, expected_customers, normalise, readable
+from tests.utils import API_KEY, ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT
 QUOTA_SPENT = "daily quota spent: Retry-After 7200 s"
 
 

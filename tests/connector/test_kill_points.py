@@ -27,10 +27,10 @@ from connector.emulator.data import attachment_bytes
 from connector.emulator.limits import MAX_CONCURRENT_PER_COMPANY
 from connector.emulator.server import EmulatorServer
 from tests.attachmenttools import attachment_rows
-from tests.conftest import API_KEY, DEFAULT_SIZING
 from tests.synctools import expected_customers, normalise, readable
+from tests.utils import API_KEY, DEFAULT_SIZING, ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT
 KILLPOINT = REPO / "tests" / "killpoint.py"
 PIPELINE = "codat"  # the command line's default pipeline and dataset name
 DATASET = "codat"

@@ -10,7 +10,7 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from tests.conftest import CodatSession, assert_error, basic_auth, customers_path
+from tests.utils import CodatSession, assert_error, basic_auth, customers_path
 
 RATE_HEADERS = ("X-Rate-Limit-Limit", "X-Rate-Limit-Remaining", "X-Rate-Limit-Reset")
 TOO_MANY = "You have made too many requests in a given amount of time; please retry later."

@@ -7,10 +7,10 @@ from typing import Any
 import dlt
 from dlt.common.runtime.collector import DictCollector
 
-from connector.emulator.server import Emulator
+from connector.emulator.emulator import Emulator
 from connector.sync import run_sync
-from tests.conftest import API_KEY
 from tests.synctools import readable
+from tests.utils import API_KEY
 
 
 class RecordingCollector(DictCollector):

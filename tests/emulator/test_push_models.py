@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +14,9 @@ from connector.emulator.push_models import (
     platform_slug,
     validate_customer,
 )
+from tests.utils import FIXTURES
 
-EXAMPLES = Path(__file__).resolve().parent / "fixtures" / "codat" / "examples"
+EXAMPLES = FIXTURES / "examples"
 MODEL_EXAMPLE = "oas-cd39809-Codat-Accounting__get-create-update-customers-model__200__{}.json"
 
 # Platform name -> the example file's suffix.

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from connector.emulator.data import company_states
-from tests.conftest import API_KEY, assert_error, customers_path
+from tests.utils import API_KEY, assert_error, customers_path
 
 NOT_REQUESTED = "The data set has not been requested."
 MALFORMED = "Error parsing query - Malformed query."

@@ -10,10 +10,10 @@ import duckdb
 import pytest
 
 from connector import cli
-from connector.emulator.server import Emulator
-from tests.conftest import API_KEY
+from connector.emulator.emulator import Emulator
+from tests.utils import API_KEY, ROOT
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = ROOT / "README.md"
 ROW = re.compile(r"^\| `(?P<input>.+)` \| (?P<exit>\d) \| `(?P<message>.+)` \|$")
 # Rows whose input can only be judged from an answer of the API.
 ASKS_THE_API = ("ZZZnomatch", "wrong-key", "127.0.0.1:9")

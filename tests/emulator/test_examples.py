@@ -9,17 +9,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
 
 from connector.emulator.store import Sizing
-from tests.conftest import DEFAULT_SIZING, ERROR_KEYS, CodatSession
 from tests.shapes import FREE_MAPS, json_type, path_types
+from tests.utils import DEFAULT_SIZING, ERROR_KEYS, FIXTURES, CodatSession
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "codat"
 EXAMPLES = FIXTURES / "examples"
 # The spec's `Customer` schema and what it refers to (tests/fixtures/codat/README.md).
 SPEC = FIXTURES / "openapi" / "Codat-Accounting-2023-04-Customer.json"

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from connector.emulator.wire import ERROR_TEXTS
-from tests.conftest import assert_error, basic_auth, customers_path
+from tests.utils import assert_error, basic_auth, customers_path
 
 HOW = ["python", "http"]
 

@@ -13,11 +13,11 @@ import duckdb
 import pytest
 from dlt.common.destination import Destination
 
+from connector.emulator.emulator import Emulator
 from connector.emulator.model import STATUS_COMPLETE
-from connector.emulator.server import Emulator
 from connector.sync import run_sync
-from tests.conftest import API_KEY
 from tests.postgres import PostgresServer, running_postgres
+from tests.utils import API_KEY
 
 DATASET = "codat"
 # Compared row by row (the same SQL on DuckDB, PostgreSQL and the views over the Parquet lake)...

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from connector.emulator.server import Emulator
-from tests.conftest import API_KEY
+from connector.emulator.emulator import Emulator
 from tests.synctools import Warehouse, expected_customers, normalise, requests_by
+from tests.utils import API_KEY, ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT
 
 # Runs one sync in a child process; with "load" it extracts and normalizes, then kills
 # itself once the load step has started writing to DuckDB.

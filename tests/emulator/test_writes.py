@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from connector.emulator.push_models import has_model, load_model
-from tests.conftest import assert_error, basic_auth, customers_path
+from tests.utils import assert_error, basic_auth, customers_path
 
 PUSH_FIELDS = {
     "changes",

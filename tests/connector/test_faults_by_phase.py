@@ -13,10 +13,11 @@ import duckdb
 import pytest
 
 from connector.emulator.data import attachment_bytes
-from connector.emulator.limits import ERROR_TEXTS, FAULT_KINDS
+from connector.emulator.emulator import Emulator
+from connector.emulator.faults import FAULT_KINDS
 from connector.emulator.model import Attachment
-from connector.emulator.server import Emulator
 from connector.emulator.store import Sizing
+from connector.emulator.wire import ERROR_TEXTS
 from tests.attachmenttools import attachment_rows
 from tests.synctools import FAST_RETRIES, Warehouse, expected_customers, normalise, readable
 

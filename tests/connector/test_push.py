@@ -9,7 +9,7 @@ import pytest
 
 from connector.client import CodatApiError, CodatClient
 from connector.push import PushResult, check_against_model, create_customer, update_customer, wait_for_push
-from tests.conftest import API_KEY
+from tests.utils import API_KEY
 
 POLL: dict[str, Any] = {"poll_interval": 0.02, "timeout": 10}
 

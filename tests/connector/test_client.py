@@ -13,12 +13,12 @@ from dlt.common import logger as dlt_logger
 
 from connector.client import CodatClient, CodatKeyAuth
 from connector.emulator.data import attachment_bytes
-from connector.emulator.limits import ERROR_TEXTS
 from connector.emulator.names import HOSTILE_IDS
 from connector.emulator.push_models import load_model
+from connector.emulator.wire import ERROR_TEXTS
 from connector.errors import CodatApiError
 from connector.paging import ModifiedDateSeekPaginator
-from tests.conftest import API_KEY
+from tests.utils import API_KEY
 
 MAX_ATTEMPTS = 4
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 import requests
 
-from tests.conftest import basic_auth
+from tests.utils import basic_auth
 
 READY = re.compile(r"ready at (http://127\.0\.0\.1:(\d+))")
 

@@ -15,11 +15,11 @@ import duckdb
 import pytest
 
 from connector import cli
+from connector.emulator.emulator import Emulator
 from connector.emulator.model import STATUS_COMPLETE
-from connector.emulator.server import Emulator
-from tests.conftest import API_KEY
+from tests.utils import API_KEY, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = ROOT
 DB_NAME = "warehouse.duckdb"
 TIME_LINE = re.compile(r"^time: \d+\.\d s \(extract \d+\.\d s, normalize \d+\.\d s, load \d+\.\d s\)$")
 DEMO_SECTIONS = (

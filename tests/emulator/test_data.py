@@ -8,7 +8,6 @@ import random
 import re
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -28,8 +27,9 @@ from connector.emulator.model import (
     Attachment,
 )
 from tests.shapes import path_types
+from tests.utils import FIXTURES
 
-EXAMPLES = Path(__file__).resolve().parent / "fixtures" / "codat" / "examples"
+EXAMPLES = FIXTURES / "examples"
 SEED = 20240110
 # 24 companies: 20 normal ones get every platform once, then the four special states.
 COMPANIES, CUSTOMERS = 24, 12_000

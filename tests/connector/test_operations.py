@@ -19,14 +19,14 @@ import requests
 
 from connector import cli
 from connector.client import CodatClient
+from connector.emulator.emulator import Emulator
 from connector.emulator.launch import emulator_process
-from connector.emulator.server import Emulator
 from connector.emulator.store import Sizing
 from connector.lock import lock_path
-from tests.conftest import API_KEY
 from tests.synctools import Warehouse, attachment_keys, expected_customers, normalise, readable
+from tests.utils import API_KEY, ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT
 BUSY = re.compile(
     r"^codat-sync: another codat-sync run \(pid (\d+), started [0-9: -]+ UTC\) holds pipeline codat"
 )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import inspect
 import re
 import tomllib
-from pathlib import Path
 from typing import Any
 
 from connector.source import codat_source
+from tests.utils import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = ROOT
 # Defaults the table words instead of writing a value: all of them mean "not set" (None).
 UNSET = {"none", "every company", "a tenth of the limit"}
 ROW = re.compile(r"^\| [^|]+ \| `(?P<key>\w+)[^|]*\| `[^|]+` \| (?P<default>[^|]+) \| [^|]+ \|$")

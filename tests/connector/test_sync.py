@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from connector.emulator.server import Emulator
+from connector.emulator.emulator import Emulator
 from tests.synctools import (
     Warehouse,
     attachment_keys,

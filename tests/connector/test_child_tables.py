@@ -7,7 +7,7 @@ import logging
 
 import dlt
 
-from connector.emulator.server import Emulator
+from connector.emulator.emulator import Emulator
 from tests.synctools import Warehouse, readable
 
 CHILD_TABLES = ("customers__addresses", "customers__contacts", "customers__contacts__phone")

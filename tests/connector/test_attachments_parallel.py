@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from connector.emulator.server import Emulator
+from connector.emulator.emulator import Emulator
 from tests.attachmenttools import attachment_rows, every_listing, listings, loaded
 from tests.synctools import Warehouse, readable
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.conftest import customers_path
+from tests.utils import customers_path
 
 
 def snapshot(codat):

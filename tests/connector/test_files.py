@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from connector.emulator.data import attachment_bytes
-from connector.emulator.server import Emulator
+from connector.emulator.emulator import Emulator
 from connector.files import safe_segment
 from tests.synctools import Warehouse, readable, requests_by
 

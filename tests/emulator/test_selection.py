@@ -14,8 +14,7 @@ from connector.emulator.data import generate_account
 from connector.emulator.query import InstantRange, QueryError, instant_range
 from connector.emulator.selection import build_view, select
 from connector.emulator.store import LOG_FLOOR, WARM_ORDER, Sizing, Store
-from tests.conftest import CodatSession, assert_error, customers_path
-from tests.test_emulator_query import (
+from tests.emulator.test_query import (
     Cmp,
     Junction,
     Sample,
@@ -27,7 +26,8 @@ from tests.test_emulator_query import (
     render_date,
     samples,
 )
-from tests.test_emulator_writes import create_path, valid_body
+from tests.emulator.test_writes import create_path, valid_body
+from tests.utils import CodatSession, assert_error, customers_path
 
 SIX = datetime(2021, 11, 15, 6, tzinfo=UTC)
 FAR_FUTURE = "2099-01-01T00:00:00Z"

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.conftest import assert_error, customers_path
+from tests.utils import assert_error, customers_path
 
 PAGE_SIZES = [1, 7, 100, 5000]
 SELECTIONS = {
