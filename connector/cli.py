@@ -16,6 +16,7 @@ from dlt.common.configuration.exceptions import (
     ConfigValueCannotBeCoercedException,
 )
 from dlt.common.destination.exceptions import UnknownDestinationModule
+from dlt.common.pipeline import get_dlt_pipelines_dir
 from dlt.common.runtime.collector import LogCollector, TqdmCollector
 from dlt.pipeline.exceptions import PipelineStepFailed
 
@@ -28,6 +29,7 @@ from connector.errors import (
     InvalidOption,
     PipelineBusy,
 )
+from connector.lock import pipeline_lock
 from connector.pacing import API_UNREACHABLE
 from connector.source import setting
 from connector.sync import EXIT_API_UNREACHABLE, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_QUOTA_SPENT, run_sync
@@ -148,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one sync; the exit codes are `connector.sync`'s EXIT_* (the README's "Operations")."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    pipelines_dir = args.pipelines_dir or get_dlt_pipelines_dir()
     try:
-        summary = run_sync(make_pipeline(args), full_refresh=args.full_refresh, **source_options(args))
+        with pipeline_lock(pipelines_dir, args.pipeline_name):
+            pipeline = make_pipeline(args)
+            summary = run_sync(pipeline, full_refresh=args.full_refresh, **source_options(args))
     except ConfigFieldMissingException as exc:
         return fail(
             f"missing configuration: {', '.join(exc.fields)}. Set SOURCES__CODAT__API_KEY "

@@ -31,14 +31,23 @@ def lock_path(pipelines_dir: str, pipeline_name: str) -> Path:
     return Path(pipelines_dir) / f".{pipeline_name}.codat-sync.lock"
 
 
+_held: set[Path] = set()  # locks this process holds: taking one again is a no-op
+
+
 @contextlib.contextmanager
 def pipeline_lock(pipelines_dir: str, pipeline_name: str) -> Iterator[None]:
-    """Hold the pipeline's lock for the block.
+    """Hold the pipeline's lock for the block (re-entrant within a process).
+
+    The command line takes it before dlt creates the pipeline (two runs creating one working
+    folder at once would trip over each other), and `run_sync` again for callers in Python.
 
     Raises:
         PipelineBusy: Another live process holds it.
     """
-    path = lock_path(pipelines_dir, pipeline_name)
+    path = lock_path(pipelines_dir, pipeline_name).resolve()
+    if path in _held:
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -55,9 +64,11 @@ def pipeline_lock(pipelines_dir: str, pipeline_name: str) -> Iterator[None]:
         if left.get("pid"):
             logger.info("Took over the lock of pipeline %s left by pid %s", pipeline_name, left["pid"])
         _write(fd, {"pid": os.getpid(), "started": _now(), "host": socket.gethostname()})
+        _held.add(path)
         try:
             yield
         finally:
+            _held.discard(path)
             _write(fd, {})
     finally:
         os.close(fd)  # releases the lock

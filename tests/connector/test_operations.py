@@ -219,7 +219,7 @@ def test_two_runs_started_together_one_runs_the_other_exits_at_once(
     runs = [start(tmp_path, env), start(tmp_path, env)]
     results = [(run.wait(timeout=180), *run.communicate()) for run in runs]
 
-    assert sorted(code for code, _, _ in results) == [0, 5]
+    assert sorted(code for code, _, _ in results) == [0, 5], results
     (_, busy_out, busy_err), (_, _, _) = sorted(results, key=lambda r: -r[0])
     winner = next(run for run, (code, _, _) in zip(runs, results, strict=True) if code == 0)
     assert busy_out == ""
