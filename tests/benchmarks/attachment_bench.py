@@ -22,8 +22,8 @@ from typing import Any
 import dlt
 import requests
 
+from connector.defaults import MAX_IN_FLIGHT_PER_COMPANY
 from connector.emulator.launch import emulator_process
-from connector.pacing import MAX_IN_FLIGHT_PER_COMPANY
 from connector.source import codat_source
 from connector.status import RunReport
 
