@@ -214,9 +214,7 @@ class AttachmentSync:
 
     def _span_failed(self, company_id: str, exc: CodatApiError) -> None:
         # The span stays as far as it was read, whatever the error: a few bytes of state.
-        if self.client.stopped is not None:
-            self._stop(str(self.client.stopped))
-        else:
+        if self._stopped_by_client() is None:
             logger.warning("Customers left by an earlier run of company %s: %s", company_id, exc)
         self._note(company_id, f"attachments left for the next run: {exc}")
 
@@ -271,8 +269,8 @@ class AttachmentSync:
         with self._lock:
             if self._stopped:
                 return self._stopped
-            if self.client.stopped is not None:
-                return self._stop(str(self.client.stopped))
+            if (stopped := self._stopped_by_client()) is not None:
+                return stopped
             remaining = self.client.pacer.quota.remaining
             if remaining is not None and remaining - self._in_flight - cost < self.quota_reserve:
                 self.report.quota_low = RunStopped(
@@ -290,6 +288,11 @@ class AttachmentSync:
             self._in_flight += cost
             return None
 
+    def _stopped_by_client(self) -> str | None:
+        """Why no more listings start, if the client stopped (API unreachable, quota spent)."""
+        stopped = self.client.stopped
+        return None if stopped is None else self._stop(str(stopped))
+
     def _stop(self, reason: str) -> str:
         with self._lock:
             if self._stopped is None:
@@ -298,8 +301,8 @@ class AttachmentSync:
             return self._stopped
 
     def _failed(self, task: Task, exc: CodatApiError) -> None:
-        if self.client.stopped is not None:
-            self._defer(task, self._stop(str(self.client.stopped)))
+        if (stopped := self._stopped_by_client()) is not None:
+            self._defer(task, stopped)
             return
         logger.warning("Attachments of customer %r failed: %s", task.customer_id, exc)
         if exc.status in FINAL_STATUSES:  # asking again in this run will not help: say so

@@ -30,9 +30,15 @@ from connector.errors import (
     PipelineBusy,
 )
 from connector.lock import pipeline_lock
-from connector.pacing import API_UNREACHABLE
 from connector.source import setting
-from connector.sync import EXIT_API_UNREACHABLE, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_QUOTA_SPENT, run_sync
+from connector.sync import (
+    EXIT_API_UNREACHABLE,
+    EXIT_BAD_INPUT,
+    EXIT_BUSY,
+    EXIT_QUOTA_SPENT,
+    run_sync,
+    stop_exit_code,
+)
 
 PROGRESS_PERIOD = 2.0  # seconds between progress reports
 
@@ -211,7 +217,7 @@ def describe(exc: BaseException) -> tuple[str, int]:
 def api_exit_code(error: CodatApiError) -> int:
     """A whole run ended by an API error (listing companies): unreachable, quota or bad input."""
     if error.stopped is not None:
-        return EXIT_API_UNREACHABLE if error.stopped == API_UNREACHABLE else EXIT_QUOTA_SPENT
+        return stop_exit_code(error.stopped)
     if error.status is None or error.status >= 500:
         return EXIT_API_UNREACHABLE
     return EXIT_QUOTA_SPENT if error.status == 429 else EXIT_BAD_INPUT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -36,13 +37,13 @@ from connector.defaults import (
 from connector.errors import CodatApiError, InvalidOption, RunStopped
 from connector.pacing import CircuitBreaker, PacedAdapter, Pacer, company_of, retry_after_seconds
 from connector.paging import CodatPaginator, TotalResultsPaginator
+from connector.records import Json
 
 logger = logging.getLogger(__name__)
 
 NOTED_WAIT = 5.0  # seconds: a Retry-After this long is logged, so a waiting run is not silent
 RETRY_STATUSES = tuple(range(500, 600))  # and 429, when its Retry-After is short enough to wait
 CONNECTION_POOL_SIZE = 64
-Json = dict[str, Any]
 
 
 @configspec
@@ -242,14 +243,8 @@ class CodatClient:
     def _call(
         self, operation: str, company_id: str | None, method: HTTPMethod, path: str, **kwargs: Any
     ) -> Response:
-        try:
+        with _api_errors(operation, company_id):
             return self.rest.request(path, method=method, hooks=self._hooks, **kwargs)
-        except CodatHTTPError as exc:
-            raise _api_error(operation, company_id, exc) from None
-        except RunStopped as exc:
-            raise CodatApiError(operation, company_id, None, str(exc), stopped=exc.kind) from None
-        except (ChunkedEncodingError, OSError) as exc:
-            raise CodatApiError(operation, company_id, None, f"{type(exc).__name__}: {exc}") from None
 
     def _json(self, operation: str, company_id: str | None, path: str, **kwargs: Any) -> Any:
         return parsed_body(self._call(operation, company_id, "GET", path, **kwargs))
@@ -263,19 +258,13 @@ class CodatClient:
         params: dict[str, Any] | None = None,
     ) -> Iterator[Json]:
         """Every page body of a paged listing, as the paginator walks it."""
-        try:
+        with _api_errors(operation, company_id):
             # A data selector, or dlt parses every page again to guess one.
             pages = self.rest.paginate(
                 path, params=params or {}, paginator=paginator, hooks=self._hooks, data_selector="$"
             )
             for page in pages:
                 yield page[0]
-        except CodatHTTPError as exc:
-            raise _api_error(operation, company_id, exc) from None
-        except RunStopped as exc:
-            raise CodatApiError(operation, company_id, None, str(exc), stopped=exc.kind) from None
-        except (ChunkedEncodingError, OSError) as exc:
-            raise CodatApiError(operation, company_id, None, f"{type(exc).__name__}: {exc}") from None
 
     # -- platform --------------------------------------------------------------------------
 
@@ -402,8 +391,22 @@ class CodatClient:
         return self._call("download customer attachment", company_id, "GET", path).content
 
 
-def _api_error(operation: str, company_id: str | None, exc: CodatHTTPError) -> CodatApiError:
-    return CodatApiError(operation, company_id, exc.status, exc.error, exc.correlation_id, exc.retry_after)
+@contextlib.contextmanager
+def _api_errors(operation: str, company_id: str | None) -> Iterator[None]:
+    """Raise what a request raises as one `CodatApiError` naming the operation and the company.
+
+    It covers an error answer, no answer (or a cut one), and a run that sends no more requests.
+    """
+    try:
+        yield
+    except CodatHTTPError as exc:
+        raise CodatApiError(
+            operation, company_id, exc.status, exc.error, exc.correlation_id, exc.retry_after
+        ) from None
+    except RunStopped as exc:
+        raise CodatApiError(operation, company_id, None, str(exc), stopped=exc.kind) from None
+    except (ChunkedEncodingError, OSError) as exc:
+        raise CodatApiError(operation, company_id, None, f"{type(exc).__name__}: {exc}") from None
 
 
 def seg(value: str) -> str:

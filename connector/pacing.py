@@ -120,7 +120,7 @@ def checked_in_flight(per_company: int) -> int:
     """`attachment_concurrency` if Codat allows that many requests in flight per company.
 
     Raises:
-        ValueError: It is outside 1 to 10.
+        InvalidOption: It is outside 1 to 10.
     """
     if not 1 <= per_company <= MAX_IN_FLIGHT_PER_COMPANY:
         raise InvalidOption(

@@ -144,7 +144,7 @@ def codat_source(
         The resources `companies`, `connections`, `customers` and `customer_attachments`.
 
     Raises:
-        ValueError: An option is out of range; the message names it. No request is sent.
+        InvalidOption: An option is out of range; the message names it. No request is sent.
     """
     window = _window(since, until)
     _check_options(company_ids, company_query, page_size, request_budget, max_attempts)

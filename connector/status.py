@@ -1,4 +1,4 @@
-"""What one outcome did to each company: the rows of `sync_status` and the outcome summary."""
+"""What one run did to each company: the rows of `sync_status` and the run summary."""
 
 from __future__ import annotations
 
@@ -16,21 +16,21 @@ UNCHANGED = "unchanged"
 SKIPPED = "skipped"
 NOT_READY = "not_ready"  # Codat has not read the company's customers yet (409): not an error
 FAILED = "failed"
-# The outcome stopped sending requests before this company was done; the next outcome goes on.
+# The run stopped sending requests before this company was done; the next run goes on.
 STOPPED_STATUSES = {API_UNREACHABLE: "api_unreachable", QUOTA_SPENT: "quota_spent"}
 STATUSES = (OK, UNCHANGED, SKIPPED, NOT_READY, FAILED, *STOPPED_STATUSES.values())  # summary order
 
 
 @dataclass
 class CompanyReport:
-    """One company's outcome in one outcome."""
+    """One company's outcome in one run."""
 
     company_id: str
     company_name: str | None
     status: str = OK
     customers_loaded: int = 0
     customers_deleted: int = 0  # loaded with `isDeleted`
-    first_load: bool = False  # no cursor before this outcome: every customer is new to the warehouse
+    first_load: bool = False  # no cursor before this run: every customer is new to the warehouse
     transient: bool = False  # the error was no answer, a `5xx` or a `429`
     attachments_loaded: int = 0
     attachments_deferred: int = 0
@@ -60,7 +60,7 @@ class CompanyReport:
         self.error = exc.error  # Codat's reason, for the summary and `sync_status`
 
     def stopped(self, reason: RunStopped) -> None:
-        """The outcome stopped before this company was done; whatever it said before is a note."""
+        """The run stopped before this company was done; whatever it said before is a note."""
         if self.error is not None:
             self.notes.append(self.error)
         self.status = STOPPED_STATUSES[reason.kind]
@@ -90,7 +90,7 @@ class RunReport:
 
     @property
     def attachments_deferred(self) -> int:
-        """Customers whose attachment listing was left for a later outcome."""
+        """Customers whose attachment listing was left for a later run."""
         return sum(c.attachments_deferred for c in self.companies.values())
 
     @property
@@ -100,11 +100,11 @@ class RunReport:
 
     @property
     def failed(self) -> list[CompanyReport]:
-        """Companies that failed in this outcome."""
+        """Companies that failed in this run."""
         return [c for c in self.companies.values() if c.status == FAILED]
 
     def settle(self) -> None:
-        """Once the outcome has stopped, mark the companies it cut short as stopped, not failed or ok.
+        """Once the run has stopped, mark the companies it cut short as stopped, not failed or ok.
 
         They are the failures the stop explains (no answer, `5xx`, `429`), and the companies
         whose attachment listings it deferred.

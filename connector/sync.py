@@ -52,6 +52,11 @@ EXIT_QUOTA_SPENT = 4  # Codat's daily quota is spent; the next run resumes
 EXIT_BUSY = 5  # another run holds the pipeline, or another process the DuckDB file
 
 
+def stop_exit_code(kind: str) -> int:
+    """The exit code of a run stopped early, by its kind (`connector.pacing`)."""
+    return EXIT_API_UNREACHABLE if kind == API_UNREACHABLE else EXIT_QUOTA_SPENT
+
+
 @dataclass
 class SyncSummary:
     """What a run did, for the command line's closing lines and exit code."""
@@ -85,7 +90,7 @@ class SyncSummary:
     def exit_code(self, strict: bool = False) -> int:
         """The command's exit status: the gravest way this run ended."""
         if self.stopped is not None:
-            return EXIT_API_UNREACHABLE if self.stopped.kind == API_UNREACHABLE else EXIT_QUOTA_SPENT
+            return stop_exit_code(self.stopped.kind)
         if self.quota_low is not None:
             return EXIT_QUOTA_SPENT
         not_ready = any(row["status"] == NOT_READY for row in self.status_rows)
