@@ -61,20 +61,30 @@ class Warehouse:
         return run_sync(self.pipeline(), **settings)
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
-        with duckdb.connect(str(self.db), read_only=True) as con:
-            return con.sql(sql).fetchall()
+        return database_rows(self.db, sql)
 
     def customers(self) -> dict[tuple[str, str], dict[str, Any]]:
-        with duckdb.connect(str(self.db), read_only=True) as con:
-            cursor = con.execute(
-                "SELECT company_id, id, customer_name, default_currency, status, is_deleted, "
-                "modified_date, supplemental_data FROM codat.customers"
-            )
-            names = [d[0] for d in cursor.description]
-            return {(r[0], r[1]): dict(zip(names, r, strict=True)) for r in cursor.fetchall()}
+        return database_customers(self.db)
 
     def state(self) -> dict[str, Any]:
         return dict(self.pipeline().state["sources"]["codat"])
+
+
+def database_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    """The rows a query gives on a DuckDB file, opened read-only."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.sql(sql).fetchall()
+
+
+def database_customers(db: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """The customers of a DuckDB file by (company_id, id), with the columns `expected_customers` has."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        cursor = con.execute(
+            "SELECT company_id, id, customer_name, default_currency, status, is_deleted, "
+            "modified_date, supplemental_data FROM codat.customers"
+        )
+        names = [d[0] for d in cursor.description]
+        return {(r[0], r[1]): dict(zip(names, r, strict=True)) for r in cursor.fetchall()}
 
 
 def readable(emulator: Emulator) -> list[Any]:

@@ -6,11 +6,11 @@ import re
 import shlex
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from connector import cli
 from connector.emulator.emulator import Emulator
+from tests.synctools import database_rows
 from tests.utils import API_KEY, ROOT
 
 README = ROOT / "README.md"
@@ -84,6 +84,5 @@ def loaded_tables(folder: Path) -> list[tuple[str]]:
     database = folder / "codat_warehouse.duckdb"
     if not database.exists():
         return []
-    with duckdb.connect(str(database), read_only=True) as con:
-        sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'codat'"
-        return con.sql(sql).fetchall()
+    sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'codat'"
+    return database_rows(database, sql)

@@ -17,6 +17,7 @@ import pytest
 from connector import cli
 from connector.emulator.emulator import Emulator
 from connector.emulator.model import STATUS_COMPLETE
+from tests.synctools import database_rows
 from tests.utils import API_KEY, ROOT
 
 ROOT = ROOT
@@ -59,8 +60,7 @@ def data_line(tmp_path: Path) -> str:
 
 
 def rows(tmp_path: Path, sql: str) -> list[tuple]:
-    with duckdb.connect(str(tmp_path / DB_NAME), read_only=True) as con:
-        return con.sql(sql).fetchall()
+    return database_rows(tmp_path / DB_NAME, sql)
 
 
 def tables(tmp_path: Path) -> set[str]:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 import requests
 
@@ -23,7 +22,15 @@ from connector.emulator.emulator import Emulator
 from connector.emulator.launch import emulator_process
 from connector.emulator.store import Sizing
 from connector.lock import lock_path
-from tests.synctools import Warehouse, attachment_keys, expected_customers, normalise, readable
+from tests.synctools import (
+    Warehouse,
+    attachment_keys,
+    database_customers,
+    database_rows,
+    expected_customers,
+    normalise,
+    readable,
+)
 from tests.utils import API_KEY, ROOT
 
 REPO = ROOT
@@ -58,23 +65,12 @@ def warehouse_args(tmp_path: Path) -> list[str]:
 
 
 def query(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
-    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
-        return con.sql(sql).fetchall()
-
-
-def warehouse_customers(tmp_path: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
-        cursor = con.execute(
-            "SELECT company_id, id, customer_name, default_currency, status, is_deleted, "
-            "modified_date, supplemental_data FROM codat.customers"
-        )
-        names = [d[0] for d in cursor.description]
-        return normalise({(r[0], r[1]): dict(zip(names, r, strict=True)) for r in cursor.fetchall()})
+    return database_rows(tmp_path / "wh.duckdb", sql)
 
 
 def assert_exact(tmp_path: Path, emulator: Emulator) -> None:
     """The warehouse holds exactly the emulator's customers and attachments, once each."""
-    assert warehouse_customers(tmp_path) == expected_customers(emulator)
+    assert normalise(database_customers(tmp_path / "wh.duckdb")) == expected_customers(emulator)
     listed = query(
         tmp_path, "SELECT company_id, connection_id, customer_id, id FROM codat.customer_attachments"
     )
@@ -311,8 +307,7 @@ def test_a_relative_duckdb_file_is_resolved_against_the_current_folder(
 
     for folder, out in zip((first, second), outputs, strict=True):
         assert f"data: duckdb file {folder / 'wh.duckdb'}, dataset codat" in out.splitlines()
-        with duckdb.connect(str(folder / "wh.duckdb"), read_only=True) as con:
-            customers = con.sql("SELECT COUNT(*) FROM codat.customers").fetchall()
+        customers = database_rows(folder / "wh.duckdb", "SELECT COUNT(*) FROM codat.customers")
         assert customers == [(sum(len(c.customers) for c in readable(emulator)),)]
 
 
