@@ -33,6 +33,10 @@ DEFAULT_MAX_FILE_SIZE = 100 * 1024 * 1024  # QuickBooks Online's and NetSuite's 
 DEFAULT_POLL_INTERVAL = 2.0  # seconds between looks at a pending push operation
 DEFAULT_PUSH_TIMEOUT = 600.0  # seconds before waiting for a push operation gives up
 
+# -- shards (`connector.shards`, `connector.orchestration`) -----------------------------------
+DEFAULT_SHARD_COUNT = 16  # fixed once loaded: choose it for the account's size a few years out
+DEFAULT_SHARDS_AT_ONCE = 4  # shards running at once per egress IP (the orchestrator pool's limit)
+
 # -- the destination -------------------------------------------------------------------------
 # Not `codat.duckdb`: DuckDB names the catalog after the file, and a catalog named like the
 # dataset makes `codat.customers` ambiguous (a Binder Error on load and in every query).

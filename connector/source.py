@@ -9,6 +9,7 @@ from typing import Any
 
 import dlt
 import pyarrow as pa
+from dlt.common.schema.typing import TTableSchemaColumns
 from dlt.sources import DltResource
 
 from connector.attachments import AttachmentSync, Collector
@@ -32,6 +33,7 @@ from connector.defaults import (
 )
 from connector.errors import CodatApiError, InvalidOption
 from connector.files import FileStore
+from connector.placement import shard_of
 from connector.progress import Progress
 from connector.records import ATTACHMENT_COLUMNS, ATTACHMENT_KEY, FILE_COLUMNS, Json, parse_codat_datetime
 from connector.status import RunReport
@@ -59,6 +61,11 @@ class _ExpectedDltWarnings(logging.Filter):
 
 
 logging.getLogger("dlt").addFilter(_ExpectedDltWarnings())
+
+
+# Declared, not inferred: a company that never synced has no `lastSync`, and its shard would
+# otherwise leave the column to whichever shard meets one first (`connector.shards`).
+DATES: TTableSchemaColumns = {name: {"data_type": "timestamp"} for name in ("last_sync", "created")}
 
 
 def map_company(company: Json) -> Json:
@@ -102,6 +109,8 @@ def codat_source(
     backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
     breaker_failures: int = DEFAULT_BREAKER_FAILURES,
     breaker_seconds: float = DEFAULT_BREAKER_SECONDS,
+    shards: int = 1,
+    shard: int = 0,
     report: RunReport | None = None,
 ) -> Sequence[DltResource]:
     """Codat Accounting customers of every company (or the chosen ones) of an account.
@@ -138,6 +147,9 @@ def codat_source(
         breaker_failures: Attempts in a row without an answer (or with a `5xx`) after which
             the run sends no more requests: the API is unreachable, the rest waits.
         breaker_seconds: ... once those failures have gone on for this many seconds.
+        shards: Split the account's companies into this many shards (`connector.shards`);
+            1: no split.
+        shard: Sync only the companies of this shard, 0 to `shards` - 1.
         report: Collects each company's outcome for `sync_status`; a fresh one by default.
 
     Returns:
@@ -148,6 +160,7 @@ def codat_source(
     """
     window = _window(since, until)
     _check_options(company_ids, company_query, page_size, request_budget, max_attempts)
+    _check_shard(shards, shard)
     _check_not_negative(
         max_file_size=max_file_size,
         quota_reserve=quota_reserve,
@@ -171,6 +184,9 @@ def codat_source(
     run_report.requests = client.requests
     run_report.stop = client.pacer.stop
 
+    def in_shard(company_id: str) -> bool:
+        return shards == 1 or shard_of(company_id, shards) == shard
+
     @cache
     def account() -> list[Json]:
         if not company_ids:
@@ -180,9 +196,9 @@ def codat_source(
                     f"company_query {company_query!r} matches no company of the account; "
                     "check it against Codat's query language (e.g. 'name~Acme')"
                 )
-            return listed
+            return [c for c in listed if in_shard(str(c["id"]))]
         found = []
-        for company_id in company_ids:
+        for company_id in filter(in_shard, company_ids):
             try:
                 found.append(client.get_company(company_id))
             except CodatApiError as exc:
@@ -201,7 +217,7 @@ def codat_source(
     @dlt.resource(
         primary_key="id",
         write_disposition="merge",
-        columns={"reference_parent_company": {"data_type": "json"}, "tags": {"data_type": "json"}},
+        columns={"reference_parent_company": {"data_type": "json"}, "tags": {"data_type": "json"}, **DATES},
     )
     def companies() -> Iterator[list[Json]]:
         yield [map_company(c) for c in account()]
@@ -209,7 +225,7 @@ def codat_source(
     @dlt.resource(
         primary_key=("company_id", "id"),
         write_disposition="merge",
-        columns={"connection_info": {"data_type": "json"}},
+        columns={"connection_info": {"data_type": "json"}, **DATES},
     )
     def connections() -> Iterator[list[Json]]:
         for company in account():
@@ -323,6 +339,13 @@ def _check_options(
         raise InvalidOption(f"{setting('request_budget')} must be at least 1 request; got {request_budget}")
     if max_attempts < 1:
         raise InvalidOption(f"{setting('max_attempts')} must be at least 1; got {max_attempts}")
+
+
+def _check_shard(shards: int, shard: int) -> None:
+    if shards < 1:
+        raise InvalidOption(f"{setting('shards')} must be at least 1; got {shards}")
+    if not 0 <= shard < shards:
+        raise InvalidOption(f"{setting('shard')} must be between 0 and {shards - 1}; got {shard}")
 
 
 def _check_not_negative(**values: float) -> None:

@@ -18,6 +18,7 @@ import pytest  # noqa: E402 - after the environment above
 
 from connector.emulator.emulator import Emulator  # noqa: E402
 from connector.emulator.server import EmulatorServer  # noqa: E402
+from tests.postgres import PostgresServer, running_postgres  # noqa: E402
 from tests.utils import API_KEY, DEFAULT_SIZING, CodatSession  # noqa: E402
 
 
@@ -59,3 +60,10 @@ def control(base_url: str) -> Iterator[CodatSession]:
     """A session without credentials, for the emulator's `/_emulator/` control API."""
     with CodatSession(base_url, api_key=None) as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The session's own PostgreSQL server (tests/postgres.py); skipped where none is installed."""
+    with running_postgres() as server:
+        yield server

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from dlt.common.destination import Destination
 from connector.emulator.emulator import Emulator
 from connector.emulator.model import STATUS_COMPLETE
 from connector.sync import run_sync
-from tests.postgres import PostgresServer, running_postgres
+from tests.postgres import PostgresServer
 from tests.utils import API_KEY
 
 DATASET = "codat"
@@ -48,13 +48,6 @@ LAKE_VIEWS = {
 }
 
 Snapshot = dict[str, Any]
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """The session's own PostgreSQL server (tests/postgres.py); skipped where none is installed."""
-    with running_postgres() as server:
-        yield server
 
 
 def lake(tmp_path: Path) -> Destination[Any, Any]:

@@ -1,0 +1,145 @@
+"""Dagster definitions: the account's company shards as partitions of dlt assets (`.[dagster]`).
+
+- `codat_dataset` (not partitioned) creates the tables once and checks the shard count.
+- `codat_shards` is a `@dlt_assets` multi-asset, one asset per table the source loads,
+  partitioned by shard (`00` to `15`). Each partition runs `connector.shards.run_shard`: its own
+  pipeline, state restored from the destination, its own staging dataset.
+- Every shard run takes a slot of the concurrency pool `codat_api`; set that pool's limit to the
+  plan's `shards_at_once` so the shards together stay within Codat's limit per egress IP.
+- `codat_nightly` starts one run per shard every night.
+
+The asset body runs the connector's own `run_sync` rather than `DagsterDltResource.run`: the
+connector writes its child tables and `sync_status` and repairs what a killed run left, which a
+bare `pipeline.run` would not. Like that resource, it drops the local state before each run.
+"""
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import dagster as dg
+import dlt
+from dagster import AssetExecutionContext, ScheduleEvaluationContext
+from dagster_dlt import DagsterDltTranslator, dlt_assets
+from dagster_dlt.translator import DltResourceTranslatorData
+
+from connector.placement import ShardPlan
+from connector.shards import prepare_dataset, run_shard, shard_pipeline
+from connector.source import codat_source
+from connector.sync import EXIT_OK, SyncSummary
+
+POOL = "codat_api"
+GROUP = "codat"
+NIGHTLY = "0 2 * * *"
+DATASET_ASSET = dg.AssetKey(["codat", "dataset"])
+# The tables each shard run loads: one asset each (the backlog of attachment listings is the
+# same table as `customer_attachments`, and the child tables and `sync_status` go with customers).
+TABLE_RESOURCES = ("companies", "connections", "customers", "customer_attachments")
+
+
+class CodatTranslator(DagsterDltTranslator):
+    """Asset keys `codat/<table>` (the resources are named after their tables), after `codat/dataset`."""
+
+    def get_asset_spec(self, data: DltResourceTranslatorData) -> dg.AssetSpec:
+        """The default spec, keyed by table, in the `codat` group, after `codat/dataset`."""
+        spec = super().get_asset_spec(data)
+        return spec.replace_attributes(
+            key=dg.AssetKey(["codat", data.resource.name]),
+            deps=[DATASET_ASSET],
+            group_name=GROUP,
+        )
+
+
+def plan_from_config() -> ShardPlan:
+    """The shard plan from dlt's configuration (`[shards]`, `SHARDS__COUNT`, ...); defaults for the rest."""
+    settings: dict[str, Any] = {
+        "count": dlt.config.get("shards.count", int),
+        "prefix": dlt.config.get("shards.prefix", str),
+        "dataset_name": dlt.config.get("shards.dataset_name", str),
+        "destination": dlt.config.get("shards.destination", str),
+        "duckdb_folder": dlt.config.get("shards.duckdb_folder", str),
+        "pipelines_dir": dlt.config.get("shards.pipelines_dir", str),
+        "shards_at_once": dlt.config.get("shards.shards_at_once", int),
+        "requests_per_minute": dlt.config.get("shards.requests_per_minute", int),
+    }
+    return ShardPlan(**{name: value for name, value in settings.items() if value is not None})
+
+
+def summary_metadata(summary: SyncSummary) -> dict[str, Any]:
+    """What a shard run did, as Dagster metadata (numbers as numbers, lines as text)."""
+    statuses: dict[str, int] = {}
+    for row in summary.status_rows:
+        statuses[row["status"]] = statuses.get(row["status"], 0) + 1
+    return {
+        "companies": summary.companies,
+        "companies_failed": len(summary.failed),
+        "customers_new": summary.customers_new,
+        "customers_updated": summary.customers_updated,
+        "customers_deleted": summary.customers_deleted,
+        "attachments": summary.attachments,
+        "requests": summary.requests,
+        "load_id": summary.load_id or "",
+        "statuses": dg.MetadataValue.json(statuses),
+        "summary": dg.MetadataValue.md("\n".join(f"- {line}" for line in summary.lines())),
+    }
+
+
+def codat_definitions(
+    plan: ShardPlan | None = None,
+    source_options: Mapping[str, Any] | None = None,
+    cron_schedule: str = NIGHTLY,
+    pool: str = POOL,
+) -> dg.Definitions:
+    """Dagster `Definitions` syncing an account's company shards.
+
+    Args:
+        plan: How the companies are split and where the data goes; default 16 shards, one
+            DuckDB file each in `codat_shards/`.
+        source_options: Passed to `codat_source` in every shard (the API key and address come
+            from dlt's configuration by default: `SOURCES__CODAT__API_KEY`, `.dlt/`).
+        cron_schedule: When `codat_nightly` starts the shards (UTC).
+        pool: The concurrency pool every shard run takes a slot of.
+    """
+    plan = plan or ShardPlan()
+    options = dict(source_options or {})
+    partitions = dg.StaticPartitionsDefinition(plan.partition_keys())
+
+    @dg.asset(key=DATASET_ASSET, group_name=GROUP, description="The tables, created before the shards run")
+    def codat_dataset() -> dg.MaterializeResult[Any]:
+        tables = prepare_dataset(plan)
+        return dg.MaterializeResult(metadata={"tables": dg.MetadataValue.json(tables), "shards": plan.count})
+
+    # The definition's source and pipeline only name the assets; each run builds its shard's own.
+    template = codat_source(api_key="unused: names the assets").with_resources(*TABLE_RESOURCES)
+
+    @dlt_assets(
+        dlt_source=template,
+        dlt_pipeline=shard_pipeline(plan, 0),
+        name="codat_shards",
+        partitions_def=partitions,
+        dagster_dlt_translator=CodatTranslator(),
+        pool=pool,
+        op_tags={"codat/shard_plan": f"{plan.prefix} x{plan.count}"},
+    )
+    def codat_shards(context: AssetExecutionContext) -> Iterator[dg.MaterializeResult[Any]]:
+        shard = plan.shard(context.partition_key)
+        summary = run_shard(plan, shard, **options)
+        metadata = summary_metadata(summary)
+        for key in sorted(context.selected_asset_keys):
+            yield dg.MaterializeResult(asset_key=key, metadata=metadata)
+        code = summary.exit_code()
+        if code != EXIT_OK:
+            raise dg.Failure(
+                description=f"shard {context.partition_key} ended with exit code {code}",
+                metadata={"summary": dg.MetadataValue.md("\n".join(summary.lines()))},
+            )
+
+    shards = dg.AssetSelection.assets(codat_shards)
+    nightly_job = dg.define_asset_job("codat_nightly", selection=shards, partitions_def=partitions)
+
+    @dg.schedule(job=nightly_job, cron_schedule=cron_schedule, execution_timezone="UTC")
+    def codat_nightly(context: ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
+        night = context.scheduled_execution_time.strftime("%Y-%m-%d")
+        for key in plan.partition_keys():
+            yield dg.RunRequest(run_key=f"{night}-{key}", partition_key=key)
+
+    return dg.Definitions(assets=[codat_dataset, codat_shards], jobs=[nightly_job], schedules=[codat_nightly])
