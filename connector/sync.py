@@ -152,16 +152,25 @@ class CustomerCounts:
     deleted: int = 0
 
 
-def count_customers(pipeline: dlt.Pipeline) -> CustomerCounts:
-    """Distinct customers in the destination (appending destinations keep every version)."""
-    if not has_table(pipeline, "customers"):
+def count_customers(pipeline: dlt.Pipeline, company_ids: list[str] | None = None) -> CustomerCounts:
+    """Distinct customers in the destination (appending destinations keep every version).
+
+    Args:
+        pipeline: The pipeline whose destination is counted.
+        company_ids: Count only these companies' customers (a shard's, while other shards load
+            the same dataset); None: every customer.
+    """
+    if not has_table(pipeline, "customers") or company_ids == []:
         return CustomerCounts()
     try:
         with pipeline.sql_client() as sql:
             table = sql.make_qualified_table_name("customers")
+            where = f"WHERE company_id IN ({', '.join(['%s'] * len(company_ids))})" if company_ids else ""
             rows = sql.execute_sql(
                 "SELECT COUNT(*), COALESCE(SUM(d), 0) FROM (SELECT company_id, id, "
-                f"MAX(CASE WHEN is_deleted THEN 1 ELSE 0 END) AS d FROM {table} GROUP BY company_id, id) k"
+                f"MAX(CASE WHEN is_deleted THEN 1 ELSE 0 END) AS d FROM {table} {where} "
+                "GROUP BY company_id, id) k",
+                *(company_ids or []),
             )
     except (SqlClientNotAvailable, DatabaseException) as exc:  # no SQL here, or no table yet
         logger.info("Customers not counted: %s", exc)
@@ -284,14 +293,23 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
         if interrupted:  # its load jobs may have run twice: repair after this run's load
             repair.touch()
         detach_child_tables(pipeline)
-        before = CustomerCounts() if full_refresh else count_customers(pipeline)
         steps: dict[str, float] = {}
-        options: dict[str, Any] = {"loader_file_format": arrow_file_format(pipeline)}
+        file_format = arrow_file_format(pipeline)
+        options: dict[str, Any] = {"loader_file_format": file_format}
+        if file_format is not None and "customers" in source.resources:  # dlt sets it on base tables only
+            for table in CHILD_TABLES:
+                source.resources["customers"].apply_hints(
+                    table_name=table, file_format=file_format, create_table_variant=True
+                )
         if full_refresh:
             options["refresh"] = "drop_sources"
         with _timed(steps, "extract"):
             extracted = pipeline.extract(source, **options)
             load_id = extracted.loads_ids[-1] if extracted.loads_ids else None
+            # Counted now that the run's companies are known (nothing is loaded yet): a shard
+            # counts its own, as other shards may be loading the same tables meanwhile.
+            counted = list(report.companies) if source_options.get("shards", 1) > 1 else None
+            before = CustomerCounts() if full_refresh else count_customers(pipeline, counted)
             report.settle()
             status_rows = report.rows(load_id)
             if status_rows:
@@ -306,7 +324,7 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
             pipeline.normalize()
         with _timed(steps, "load"):
             pipeline.load()
-        after = count_customers(pipeline)
+        after = count_customers(pipeline, counted)
         prune_child_rows(pipeline, repair=repair.exists())
         repair.unlink(missing_ok=True)
         views = create_views(pipeline)
