@@ -14,6 +14,7 @@ bare `pipeline.run` would not. Like that resource, it drops the local state befo
 """
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
@@ -22,6 +23,7 @@ from dagster import AssetExecutionContext, ScheduleEvaluationContext
 from dagster_dlt import DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
+from connector.errors import CodatError
 from connector.placement import ShardPlan
 from connector.shards import prepare_dataset, run_shard, shard_pipeline
 from connector.source import codat_source
@@ -47,6 +49,19 @@ class CodatTranslator(DagsterDltTranslator):
             deps=[DATASET_ASSET],
             group_name=GROUP,
         )
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Raise the connector's own errors as a Dagster `Failure` that shows their message.
+
+    Bad settings, a changed shard count, a busy pipeline: Dagster would otherwise show them
+    wrapped in its own step error, under a traceback.
+    """
+    try:
+        yield
+    except CodatError as exc:
+        raise dg.Failure(description=f"{type(exc).__name__}: {exc}") from exc
 
 
 def plan_from_config() -> ShardPlan:
@@ -105,7 +120,8 @@ def codat_definitions(
 
     @dg.asset(key=DATASET_ASSET, group_name=GROUP, description="The tables, created before the shards run")
     def codat_dataset() -> dg.MaterializeResult[Any]:
-        tables = prepare_dataset(plan)
+        with _reported():
+            tables = prepare_dataset(plan)
         return dg.MaterializeResult(metadata={"tables": dg.MetadataValue.json(tables), "shards": plan.count})
 
     # The definition's source and pipeline only name the assets; each run builds its shard's own.
@@ -122,7 +138,8 @@ def codat_definitions(
     )
     def codat_shards(context: AssetExecutionContext) -> Iterator[dg.MaterializeResult[Any]]:
         shard = plan.shard(context.partition_key)
-        summary = run_shard(plan, shard, **options)
+        with _reported():
+            summary = run_shard(plan, shard, **options)
         metadata = summary_metadata(summary)
         for key in sorted(context.selected_asset_keys):
             yield dg.MaterializeResult(asset_key=key, metadata=metadata)
@@ -134,7 +151,7 @@ def codat_definitions(
             )
 
     shards = dg.AssetSelection.assets(codat_shards)
-    nightly_job = dg.define_asset_job("codat_nightly", selection=shards, partitions_def=partitions)
+    nightly_job = dg.define_asset_job("codat_nightly", selection=shards)
 
     @dg.schedule(job=nightly_job, cron_schedule=cron_schedule, execution_timezone="UTC")
     def codat_nightly(context: ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:

@@ -66,12 +66,9 @@ class ShardPlan:
                     f"the shard plan's {name} must be lower-case letters, digits and _ "
                     f"starting with a letter; got {value!r}"
                 )
-        if not 1 <= self.shards_at_once <= self.count:
-            raise InvalidOption(
-                f"shards_at_once must be between 1 and the shard count ({self.count}); "
-                f"got {self.shards_at_once}"
-            )
-        if self.requests_per_minute < self.shards_at_once:
+        if self.shards_at_once < 1:
+            raise InvalidOption(f"shards_at_once must be at least 1; got {self.shards_at_once}")
+        if self.shard_requests_per_minute() < 1:
             raise InvalidOption(
                 f"requests_per_minute ({self.requests_per_minute}) leaves less than one request a "
                 f"minute to each of the {self.shards_at_once} shards running at once"
@@ -126,5 +123,5 @@ class ShardPlan:
         return (int(found.group(1)), int(found.group(2))) if found else None
 
     def shard_requests_per_minute(self) -> int:
-        """Each running shard's part of the egress IP's limit."""
-        return self.requests_per_minute // self.shards_at_once
+        """Each running shard's part of the egress IP's limit (no more shards run than there are)."""
+        return self.requests_per_minute // min(self.shards_at_once, self.count)

@@ -42,9 +42,12 @@ from connector.sync import STATUS_COLUMNS, STATUS_KEY, SyncSummary, run_sync
 logger = logging.getLogger(__name__)
 
 SCHEMA_RACE_ATTEMPTS = 5
-# What PostgreSQL (and warehouses like it) answer the loser of two concurrent CREATE or ALTER
-# statements on one table, column or schema: it was created meanwhile.
-_RACE_SIGNS = ("already exists", "pg_type_typname_nsp_index", "pg_namespace_nspname_index")
+# What PostgreSQL answers the loser of two concurrent CREATE or ALTER statements on one schema,
+# table or column: "duplicate schema/table/column/object", or a unique violation on the catalog
+# index of schemas, types or relations. A unique violation on a data table is not a race.
+_RACE_CODES = frozenset({"42P06", "42P07", "42701", "42710"})
+_UNIQUE_VIOLATION = "23505"
+_CATALOG_INDEXES = ("pg_namespace_nspname_index", "pg_type_typname_nsp_index", "pg_class_relname_nsp_index")
 
 
 class ShardPlanChanged(InvalidOption):
@@ -172,11 +175,21 @@ def is_schema_race(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, DatabaseException) and any(sign in str(current) for sign in _RACE_SIGNS):
+        if _lost_race(current):
             return True
         nested = getattr(current, "exception", None)
         current = nested if isinstance(nested, BaseException) else current.__cause__ or current.__context__
     return False
+
+
+def _lost_race(error: BaseException) -> bool:
+    code = getattr(error, "pgcode", None)  # PostgreSQL's own error (psycopg2), under dlt's
+    if isinstance(code, str):
+        text = str(error)
+        return code in _RACE_CODES or (code == _UNIQUE_VIOLATION and any(i in text for i in _CATALOG_INDEXES))
+    # Other warehouses: their wording, without the data's own "duplicate key ... already exists".
+    text = str(error).lower()
+    return isinstance(error, DatabaseException) and "already exists" in text and "duplicate key" not in text
 
 
 def run_shard(plan: ShardPlan, shard: int, fresh_state: bool = True, **source_options: Any) -> SyncSummary:

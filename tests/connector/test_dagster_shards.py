@@ -1,0 +1,394 @@
+"""Company shards on Dagster: every shard materialized in parallel processes, as workers would.
+
+Each materialization is `dagster.materialize(..., partition_key=...)` in a child process
+(`tests/shardrun.py`), against the emulator as a real HTTP server, into a real PostgreSQL
+dataset or real DuckDB files. No Dagster daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from connector.emulator.emulator import Emulator
+from connector.orchestration import DATASET_ASSET, codat_definitions
+from connector.placement import ShardPlan
+from connector.shards import combined_duckdb
+from tests.postgres import PostgresServer
+from tests.synctools import FAST_RETRIES, attachment_keys, codat_instant, readable
+from tests.utils import API_KEY, ROOT
+
+SHARDS = 3
+# Seed 11 with 8 companies spreads the readable ones over all 3 shards (asserted by `account`).
+SEED, COMPANIES, CUSTOMERS = 11, 8, 800
+RUN_TIMEOUT = 240
+CUSTOMER_ROWS = """
+    SELECT company_id, id, customer_name, status, is_deleted, modified_date AT TIME ZONE 'UTC'
+    FROM {prefix}customers"""
+ATTACHMENT_ROWS = "SELECT company_id, connection_id, customer_id, id FROM {prefix}customer_attachments"
+CURRENT_ROWS = (
+    "SELECT company_id, id, customer_name, billing_line1, main_contact_name FROM {prefix}customers_current"
+)
+COUNTED = ("customers__addresses", "customers__contacts", "customers__contacts__phone", "companies")
+
+
+def account(emulator: Emulator) -> dict[int, list[str]]:
+    """The readable companies of the test account by shard; every shard has some."""
+    emulator.reset(SEED, COMPANIES, CUSTOMERS)
+    by_shard: dict[int, list[str]] = {}
+    for company in readable(emulator):
+        by_shard.setdefault(ShardPlan(count=SHARDS).shard_of(company.id), []).append(company.id)
+    assert sorted(by_shard) == list(range(SHARDS)), f"a shard without companies: {by_shard}"
+    return by_shard
+
+
+def postgres_plan(tmp_path: Path, pg: PostgresServer, count: int = SHARDS, dataset: str = "") -> ShardPlan:
+    return ShardPlan(
+        count=count,
+        destination="postgres",
+        credentials=pg.url,
+        dataset_name=dataset or f"codat_{uuid.uuid4().hex[:8]}",
+        pipelines_dir=str(tmp_path / "worker"),
+        shards_at_once=count,
+        requests_per_minute=1_000_000,
+    )
+
+
+def duckdb_plan(tmp_path: Path, count: int = SHARDS, worker: str = "worker") -> ShardPlan:
+    return ShardPlan(
+        count=count,
+        duckdb_folder=str(tmp_path / "shards"),
+        pipelines_dir=str(tmp_path / worker),
+        shards_at_once=count,
+        requests_per_minute=1_000_000,
+    )
+
+
+def spec_file(tmp_path: Path, plan: ShardPlan, base_url: str, **source: Any) -> Path:
+    path = tmp_path / f"spec-{uuid.uuid4().hex[:6]}.json"
+    options = {"api_key": API_KEY, "base_url": base_url, **FAST_RETRIES, **source}
+    path.write_text(json.dumps({"plan": asdict(plan), "source": options}))
+    return path
+
+
+def start(spec: Path, key: str, kill: tuple[str, int] | None = None) -> subprocess.Popen[str]:
+    """A worker process materializing one partition (`dataset` for the tables asset)."""
+    command = [sys.executable, "-m", "tests.shardrun", str(spec), key, *(map(str, kill or ()))]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def outcome(process: subprocess.Popen[str]) -> dict[str, Any]:
+    """The worker's outcome line; fails the test with its output if there is none."""
+    out, err = process.communicate(timeout=RUN_TIMEOUT)
+    last = (out.strip().splitlines() or [""])[-1]
+    assert last.startswith("{"), f"exit {process.returncode}:\n{out[-3000:]}\n{err[-3000:]}"
+    result: dict[str, Any] = json.loads(last)
+    return result
+
+
+def materialize_all(spec: Path, plan: ShardPlan) -> dict[str, dict[str, Any]]:
+    """The tables first, then every shard in parallel processes; each must succeed."""
+    first = outcome(start(spec, "dataset"))
+    assert first["success"], first["error"]
+    workers = {key: start(spec, key) for key in plan.partition_keys()}
+    results = {key: outcome(process) for key, process in workers.items()}
+    for key, result in results.items():
+        assert result["success"], f"shard {key}: {result['error']}"
+    return results
+
+
+def expected_rows(emulator: Emulator) -> dict[str, Any]:
+    """What every table must hold, from the emulator's own records (the connector not involved)."""
+    customers = []
+    for company in readable(emulator):
+        for record in company.customers.values():
+            metadata = record.get("metadata") or {}
+            customers.append(
+                (
+                    company.id,
+                    str(record["id"]),
+                    record.get("customerName"),
+                    record.get("status"),
+                    bool(metadata.get("isDeleted")),
+                    codat_instant(record.get("modifiedDate")),
+                )
+            )
+    return {
+        "customers": sorted(customers, key=str),
+        "customer_attachments": sorted(attachment_keys(emulator)),
+    }
+
+
+def read(execute: Callable[[str], list[tuple[Any, ...]]], prefix: str) -> dict[str, Any]:
+    """The compared rows of a dataset (`prefix` is `dataset.` or empty for the combined view)."""
+
+    def rows(query: str) -> list[tuple[Any, ...]]:
+        found = [tuple(_utc(v) for v in row) for row in execute(query.format(prefix=prefix))]
+        return sorted(found, key=str)
+
+    snap: dict[str, Any] = {
+        "customers": rows(CUSTOMER_ROWS),
+        "customer_attachments": rows(ATTACHMENT_ROWS),
+        "customers_current": rows(CURRENT_ROWS),
+    }
+    for table in COUNTED:
+        snap[table] = execute(f"SELECT COUNT(*) FROM {prefix}{table}")[0][0]
+    return snap
+
+
+def _utc(value: Any) -> Any:
+    return value.replace(tzinfo=UTC) if isinstance(value, datetime) else value
+
+
+def read_postgres(pg: PostgresServer, dataset: str) -> dict[str, Any]:
+    con = pg.connect()
+    try:
+        cursor = con.cursor()
+
+        def execute(query: str) -> list[tuple[Any, ...]]:
+            cursor.execute(query)
+            return list(cursor.fetchall())
+
+        return read(execute, f"{dataset}.")
+    finally:
+        con.close()
+
+
+def read_shard_files(plan: ShardPlan) -> dict[str, Any]:
+    con = combined_duckdb(plan)
+    try:
+        return read(lambda query: con.execute(query).fetchall(), "")
+    finally:
+        con.close()
+
+
+def assert_equals_api(snap: dict[str, Any], emulator: Emulator) -> None:
+    expected = expected_rows(emulator)
+    keys = [row[:2] for row in snap["customers"]]
+    assert len(keys) == len(set(keys)), "a customer loaded twice"
+    by_company = {c.id for c in readable(emulator)}
+    for company_id in sorted(by_company):
+        got = [row for row in snap["customers"] if row[0] == company_id]
+        want = [row for row in expected["customers"] if row[0] == company_id]
+        assert got == want, f"company {company_id} differs from the API"
+    assert snap["customers"] == expected["customers"]
+    assert snap["customer_attachments"] == expected["customer_attachments"]
+
+
+def change_account(emulator: Emulator, by_shard: dict[int, list[str]]) -> None:
+    """Modify, delete and add customers in a company of every shard."""
+    for companies in by_shard.values():
+        emulator.store.mutate(companies[0], "modify", count=5)
+        emulator.store.mutate(companies[0], "delete", count=2)
+        emulator.store.mutate(companies[0], "add", count=3)
+
+
+@pytest.mark.postgres
+def test_every_shard_in_parallel_into_postgres_equals_the_api_then_incrementally(
+    emulator: Emulator, base_url: str, tmp_path: Path, postgres: PostgresServer
+) -> None:
+    by_shard = account(emulator)
+    plan = postgres_plan(tmp_path, postgres)
+    spec = spec_file(tmp_path, plan, base_url)
+
+    first = materialize_all(spec, plan)
+    snap = read_postgres(postgres, plan.dataset_name)
+    assert_equals_api(snap, emulator)
+    every = [plan.key(plan.shard_of(company_id)) for company_id in emulator.store.companies]
+    assert {key: r["metadata"]["companies"] for key, r in first.items()} == {
+        key: every.count(key) for key in plan.partition_keys()
+    }
+    assert sum(r["metadata"]["companies"] for r in first.values()) == COMPANIES
+
+    change_account(emulator, by_shard)
+    emulator.clear_log()
+    again = materialize_all(spec, plan)
+
+    assert_equals_api(read_postgres(postgres, plan.dataset_name), emulator)
+    # Incremental: each shard read only its changed customers (3 new each) and listed their attachments.
+    assert all(r["metadata"]["customers_new"] == 3 for r in again.values()), again
+    pages = emulator.stats()["by_operation"].get("list-customers", 0)
+    assert pages <= len(readable(emulator)) * 2, f"{pages} customer pages for an incremental run"
+
+
+@pytest.mark.postgres
+def test_a_shard_killed_mid_load_is_exact_after_its_rerun(
+    emulator: Emulator, base_url: str, tmp_path: Path, postgres: PostgresServer
+) -> None:
+    by_shard = account(emulator)
+    plan = postgres_plan(tmp_path, postgres)
+    spec = spec_file(tmp_path, plan, base_url, page_size=50)
+    materialize_all(spec, plan)
+    change_account(emulator, by_shard)
+
+    # Shard 01 dies after its first load job, before its package (and state) is complete.
+    killed = start(spec, plan.key(1), ("dlt.load.load:Load.submit_job", 2))
+    killed.communicate(timeout=RUN_TIMEOUT)
+    assert killed.returncode == -9, f"the shard was not killed (exit {killed.returncode})"
+    # A fresh worker (another pipelines folder) takes the shard over.
+    other_worker = ShardPlan(**{**asdict(plan), "pipelines_dir": str(tmp_path / "other-worker")})
+    rerun = outcome(start(spec_file(tmp_path, other_worker, base_url, page_size=50), plan.key(1)))
+    assert rerun["success"], rerun["error"]
+    others = [start(spec, key) for key in plan.partition_keys() if key != plan.key(1)]
+    assert all(outcome(p)["success"] for p in others)
+
+    assert_equals_api(read_postgres(postgres, plan.dataset_name), emulator)
+
+
+@pytest.mark.postgres
+def test_duckdb_shard_files_read_as_one_equal_the_postgres_dataset(
+    emulator: Emulator, base_url: str, tmp_path: Path, postgres: PostgresServer
+) -> None:
+    by_shard = account(emulator)
+    pg_plan = postgres_plan(tmp_path, postgres)
+    files_plan = duckdb_plan(tmp_path)
+    pg_spec = spec_file(tmp_path, pg_plan, base_url)
+    files_spec = spec_file(tmp_path, files_plan, base_url)
+    materialize_all(pg_spec, pg_plan)
+    materialize_all(files_spec, files_plan)
+    change_account(emulator, by_shard)
+    materialize_all(pg_spec, pg_plan)
+    materialize_all(files_spec, files_plan)
+
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
+        f"codat_shard_{key}_of_{SHARDS}.duckdb" for key in files_plan.partition_keys()
+    ]
+    from_files = read_shard_files(files_plan)
+    assert from_files == read_postgres(postgres, pg_plan.dataset_name)
+    assert_equals_api(from_files, emulator)
+    assert all(from_files[table] > 0 for table in COUNTED), from_files
+
+
+def test_cursors_survive_a_worker_that_starts_without_local_state(
+    emulator: Emulator, base_url: str, tmp_path: Path
+) -> None:
+    by_shard = account(emulator)
+    first_worker = duckdb_plan(tmp_path, worker="worker-a")
+    materialize_all(spec_file(tmp_path, first_worker, base_url), first_worker)
+    shard = 0
+    emulator.store.mutate(by_shard[shard][0], "add", count=4)
+    emulator.clear_log()
+    second_worker = duckdb_plan(tmp_path, worker="worker-b")
+    assert not Path(second_worker.pipelines_dir or "").exists()
+
+    result = outcome(start(spec_file(tmp_path, second_worker, base_url), second_worker.key(shard)))
+
+    assert result["success"], result["error"]
+    assert result["metadata"]["customers_new"] == 4
+    assert result["metadata"]["customers_updated"] == 0
+    # From the cursors on: one page for the changed company; the other, unchanged since, is not read.
+    assert len(by_shard[shard]) == 2
+    assert emulator.stats()["by_operation"].get("list-customers") == 1, emulator.stats()["by_operation"]
+    assert result["metadata"]["statuses"] == {"ok": 1, "unchanged": 1}
+    assert_equals_api(read_shard_files(second_worker), emulator)
+
+
+@pytest.mark.postgres
+def test_a_different_shard_count_is_refused_and_changes_nothing(
+    emulator: Emulator, base_url: str, tmp_path: Path, postgres: PostgresServer
+) -> None:
+    account(emulator)
+    plan = postgres_plan(tmp_path, postgres)
+    materialize_all(spec_file(tmp_path, plan, base_url), plan)
+    before = read_postgres(postgres, plan.dataset_name)
+    emulator.clear_log()
+
+    for count in (2, 4):
+        moved = postgres_plan(tmp_path, postgres, count=count, dataset=plan.dataset_name)
+        spec = spec_file(tmp_path, moved, base_url)
+        refused = [outcome(start(spec, "dataset")), outcome(start(spec, moved.key(count - 1)))]
+        for result in refused:
+            assert not result["success"]
+            assert f"was loaded in {SHARDS} shards" in result["error"], result["error"]
+            assert f"keep the shard count at {SHARDS}" in result["error"]
+
+    assert emulator.stats()["requests"] == 0
+    assert read_postgres(postgres, plan.dataset_name) == before
+
+
+def test_a_different_shard_count_is_refused_for_duckdb_files(
+    emulator: Emulator, base_url: str, tmp_path: Path
+) -> None:
+    account(emulator)
+    plan = duckdb_plan(tmp_path)
+    materialize_all(spec_file(tmp_path, plan, base_url), plan)
+    moved = duckdb_plan(tmp_path, count=SHARDS + 1)
+
+    result = outcome(start(spec_file(tmp_path, moved, base_url), moved.key(SHARDS)))
+
+    assert not result["success"]
+    assert f"the folder {moved.duckdb_folder} was loaded in {SHARDS} shards" in result["error"]
+    assert not moved.duckdb_file(SHARDS).exists()
+
+
+def test_the_nightly_schedule_starts_every_shard_once_a_night(tmp_path: Path) -> None:
+    plan = duckdb_plan(tmp_path, count=4)
+    defs = codat_definitions(plan)
+    schedule = defs.resolve_schedule_def("codat_nightly")
+    assert schedule.cron_schedule == "0 2 * * *"
+
+    night = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
+    with dg.build_schedule_context(
+        scheduled_execution_time=night, repository_def=defs.get_repository_def()
+    ) as context:
+        requests = list(schedule.evaluate_tick(context).run_requests or [])
+
+    assert [r.partition_key for r in requests] == ["00", "01", "02", "03"]
+    assert [r.run_key for r in requests] == [f"2026-11-21-0{i}" for i in range(4)]
+
+
+def test_the_definitions_name_a_partitioned_asset_per_table_after_the_dataset(tmp_path: Path) -> None:
+    defs = codat_definitions(duckdb_plan(tmp_path, count=16))
+    graph = defs.resolve_asset_graph()
+    tables = {"companies", "connections", "customers", "customer_attachments"}
+
+    assert set(graph.get_all_asset_keys()) == {DATASET_ASSET} | {dg.AssetKey(["codat", t]) for t in tables}
+    for table in tables:
+        node = graph.get(dg.AssetKey(["codat", table]))
+        assert node.parent_keys == {DATASET_ASSET}
+        assert node.partitions_def is not None
+        assert node.partitions_def.get_partition_keys() == [f"{i:02d}" for i in range(16)]
+        assert node.pools == {"codat_api"}
+
+
+def test_dagster_loads_the_pipelines_file(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "SHARDS__COUNT": "5",
+        "SHARDS__DUCKDB_FOLDER": str(tmp_path / "s"),
+        "DAGSTER_HOME": str(tmp_path),
+    }
+    listed = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "asset", "list", "-f", "pipelines/dagster_defs.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert sorted(listed.stdout.split()) == sorted(
+        [
+            "codat/dataset",
+            "codat/companies",
+            "codat/connections",
+            "codat/customers",
+            "codat/customer_attachments",
+        ]
+    )
