@@ -18,14 +18,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
-import dlt
 from dagster import AssetExecutionContext, ScheduleEvaluationContext
 from dagster_dlt import DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
 from connector.errors import CodatError
 from connector.placement import ShardPlan
-from connector.shards import prepare_dataset, run_shard, shard_pipeline
+from connector.shards import plan_from_config, prepare_dataset, run_shard, shard_pipeline
 from connector.source import codat_source
 from connector.sync import EXIT_OK, SyncSummary
 
@@ -64,21 +63,6 @@ def _reported() -> Iterator[None]:
         raise dg.Failure(description=f"{type(exc).__name__}: {exc}") from exc
 
 
-def plan_from_config() -> ShardPlan:
-    """The shard plan from dlt's configuration (`[shards]`, `SHARDS__COUNT`, ...); defaults for the rest."""
-    settings: dict[str, Any] = {
-        "count": dlt.config.get("shards.count", int),
-        "prefix": dlt.config.get("shards.prefix", str),
-        "dataset_name": dlt.config.get("shards.dataset_name", str),
-        "destination": dlt.config.get("shards.destination", str),
-        "duckdb_folder": dlt.config.get("shards.duckdb_folder", str),
-        "pipelines_dir": dlt.config.get("shards.pipelines_dir", str),
-        "shards_at_once": dlt.config.get("shards.shards_at_once", int),
-        "requests_per_minute": dlt.config.get("shards.requests_per_minute", int),
-    }
-    return ShardPlan(**{name: value for name, value in settings.items() if value is not None})
-
-
 def summary_metadata(summary: SyncSummary) -> dict[str, Any]:
     """What a shard run did, as Dagster metadata (numbers as numbers, lines as text)."""
     statuses: dict[str, int] = {}
@@ -107,14 +91,14 @@ def codat_definitions(
     """Dagster `Definitions` syncing an account's company shards.
 
     Args:
-        plan: How the companies are split and where the data goes; default 16 shards, one
-            DuckDB file each in `codat_shards/`.
+        plan: How the companies are split and where the data goes; default the `[shards]`
+            configuration (`plan_from_config`): 16 shards, one DuckDB file each in `codat_shards/`.
         source_options: Passed to `codat_source` in every shard (the API key and address come
             from dlt's configuration by default: `SOURCES__CODAT__API_KEY`, `.dlt/`).
         cron_schedule: When `codat_nightly` starts the shards (UTC).
         pool: The concurrency pool every shard run takes a slot of.
     """
-    plan = plan or ShardPlan()
+    plan = plan or plan_from_config()
     options = dict(source_options or {})
     partitions = dg.StaticPartitionsDefinition(plan.partition_keys())
 

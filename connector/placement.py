@@ -71,7 +71,7 @@ class ShardPlan:
         if self.shard_requests_per_minute() < 1:
             raise InvalidOption(
                 f"requests_per_minute ({self.requests_per_minute}) leaves less than one request a "
-                f"minute to each of the {self.shards_at_once} shards running at once"
+                f"minute to each of the {min(self.shards_at_once, self.count)} shards running at once"
             )
 
     @property

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,7 @@ def check_plan(plan: ShardPlan, pipeline: dlt.Pipeline) -> None:
         f"{where} was loaded in {count} shards ({names[0]} and {len(names) - 1} more), and this "
         f"run is sharded {plan.count} ways. Each company's cursor is in its shard's state, so the "
         f"count cannot change in place: keep the shard count at {count}, or load the new count "
-        "into a new dataset (README, 'Changing the shard count')"
+        "into a new dataset (README, 'Company shards on Dagster')"
     )
 
 
@@ -242,6 +243,21 @@ def run_shard(plan: ShardPlan, shard: int, fresh_state: bool = True, **source_op
                 attempt += 1
 
 
+def plan_from_config() -> ShardPlan:
+    """The shard plan from dlt's configuration (`[shards]`, `SHARDS__COUNT`, ...); defaults for the rest."""
+    settings: dict[str, Any] = {
+        "count": dlt.config.get("shards.count", int),
+        "prefix": dlt.config.get("shards.prefix", str),
+        "dataset_name": dlt.config.get("shards.dataset_name", str),
+        "destination": dlt.config.get("shards.destination", str),
+        "duckdb_folder": dlt.config.get("shards.duckdb_folder", str),
+        "pipelines_dir": dlt.config.get("shards.pipelines_dir", str),
+        "shards_at_once": dlt.config.get("shards.shards_at_once", int),
+        "requests_per_minute": dlt.config.get("shards.requests_per_minute", int),
+    }
+    return ShardPlan(**{name: value for name, value in settings.items() if value is not None})
+
+
 def combined_duckdb(plan: ShardPlan) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that reads every shard file of the plan as one dataset.
 
@@ -277,3 +293,27 @@ def combined_duckdb(plan: ShardPlan) -> duckdb.DuckDBPyConnection:
 
 def _sql_text(text: str) -> str:
     return text.replace("'", "''")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m connector.shards "SQL"`: run a query over the plan's DuckDB shard files as one."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print('usage: python -m connector.shards "SELECT ... FROM customers"', file=sys.stderr)
+        return 2
+    try:
+        con = combined_duckdb(plan_from_config())
+    except InvalidOption as exc:
+        print(f"connector.shards: {exc}", file=sys.stderr)
+        return 2
+    with con:
+        try:
+            con.sql(args[0]).show(max_rows=100)
+        except duckdb.Error as exc:
+            print(f"connector.shards: {exc}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 # Tests never read the repository's .dlt/ nor the user's ~/.dlt: dlt looks here instead.
 _DLT_HOME = tempfile.mkdtemp(prefix="codat-tests-dlt-")
@@ -18,7 +20,16 @@ import pytest  # noqa: E402 - after the environment above
 
 from connector.emulator.emulator import Emulator  # noqa: E402
 from connector.emulator.server import EmulatorServer  # noqa: E402
+from connector.shards import prepare_dataset  # noqa: E402
 from tests.postgres import PostgresServer, running_postgres  # noqa: E402
+from tests.shardtools import (  # noqa: E402
+    SHARDS,
+    SIZING,
+    Database,
+    Scratch,
+    postgres_plan,
+    shard_customers,
+)
 from tests.utils import API_KEY, DEFAULT_SIZING, CodatSession  # noqa: E402
 
 
@@ -67,3 +78,28 @@ def postgres() -> Iterator[PostgresServer]:
     """The session's own PostgreSQL server (tests/postgres.py); skipped where none is installed."""
     with running_postgres() as server:
         yield server
+
+
+@pytest.fixture
+def sharded(emulator: Emulator, base_url: str, tmp_path: Path, postgres: PostgresServer) -> Iterator[Any]:
+    """A plan whose tables exist (the orchestrator's first step), the test's sessions, shards' companies."""
+    emulator.reset(*SIZING)
+    plan = postgres_plan(tmp_path, postgres, SHARDS)
+    companies = shard_customers(emulator, plan)
+    assert all(companies.values()), f"a shard without customers proves nothing: {companies}"
+    assert "customers" in prepare_dataset(plan)
+    db = Database(postgres, plan.dataset_name)
+    try:
+        yield plan, db, companies
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def scratch(postgres: PostgresServer, tmp_path: Path) -> Iterator[Scratch]:
+    """A dataset name of the test's own; nothing is created yet."""
+    made = Scratch(postgres, tmp_path)
+    try:
+        yield made
+    finally:
+        made.db.close()

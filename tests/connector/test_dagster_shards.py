@@ -26,8 +26,9 @@ from connector.orchestration import DATASET_ASSET, codat_definitions
 from connector.placement import ShardPlan
 from connector.shards import combined_duckdb
 from tests.postgres import PostgresServer
-from tests.synctools import FAST_RETRIES, attachment_keys, codat_instant, readable
-from tests.utils import API_KEY, ROOT
+from tests.shardtools import Database, child_outcome, postgres_plan, run_child, source_options
+from tests.synctools import attachment_keys, codat_instant, readable
+from tests.utils import ROOT
 
 SHARDS = 3
 # Seed 11 with 8 companies spreads the readable ones over all 3 shards (asserted by `account`).
@@ -53,18 +54,6 @@ def account(emulator: Emulator) -> dict[int, list[str]]:
     return by_shard
 
 
-def postgres_plan(tmp_path: Path, pg: PostgresServer, count: int = SHARDS, dataset: str = "") -> ShardPlan:
-    return ShardPlan(
-        count=count,
-        destination="postgres",
-        credentials=pg.url,
-        dataset_name=dataset or f"codat_{uuid.uuid4().hex[:8]}",
-        pipelines_dir=str(tmp_path / "worker"),
-        shards_at_once=count,
-        requests_per_minute=1_000_000,
-    )
-
-
 def duckdb_plan(tmp_path: Path, count: int = SHARDS, worker: str = "worker") -> ShardPlan:
     return ShardPlan(
         count=count,
@@ -77,27 +66,18 @@ def duckdb_plan(tmp_path: Path, count: int = SHARDS, worker: str = "worker") -> 
 
 def spec_file(tmp_path: Path, plan: ShardPlan, base_url: str, **source: Any) -> Path:
     path = tmp_path / f"spec-{uuid.uuid4().hex[:6]}.json"
-    options = {"api_key": API_KEY, "base_url": base_url, **FAST_RETRIES, **source}
-    path.write_text(json.dumps({"plan": asdict(plan), "source": options}))
+    path.write_text(json.dumps({"plan": asdict(plan), "source": source_options(base_url, **source)}))
     return path
 
 
 def start(spec: Path, key: str, kill: tuple[str, int] | None = None) -> subprocess.Popen[str]:
     """A worker process materializing one partition (`dataset` for the tables asset)."""
-    command = [sys.executable, "-m", "tests.shardrun", str(spec), key, *(map(str, kill or ()))]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    return run_child(["-m", "tests.shardrun", str(spec), key, *map(str, kill or ())])
 
 
 def outcome(process: subprocess.Popen[str]) -> dict[str, Any]:
     """The worker's outcome line; fails the test with its output if there is none."""
-    out, err = process.communicate(timeout=RUN_TIMEOUT)
-    last = (out.strip().splitlines() or [""])[-1]
-    assert last.startswith("{"), f"exit {process.returncode}:\n{out[-3000:]}\n{err[-3000:]}"
-    result: dict[str, Any] = json.loads(last)
-    return result
+    return child_outcome(process, RUN_TIMEOUT)[0]
 
 
 def materialize_all(spec: Path, plan: ShardPlan) -> dict[str, dict[str, Any]]:
@@ -155,17 +135,11 @@ def _utc(value: Any) -> Any:
 
 
 def read_postgres(pg: PostgresServer, dataset: str) -> dict[str, Any]:
-    con = pg.connect()
+    db = Database(pg, dataset)
     try:
-        cursor = con.cursor()
-
-        def execute(query: str) -> list[tuple[Any, ...]]:
-            cursor.execute(query)
-            return list(cursor.fetchall())
-
-        return read(execute, f"{dataset}.")
+        return read(db.rows, f"{dataset}.")
     finally:
-        con.close()
+        db.close()
 
 
 def read_shard_files(plan: ShardPlan) -> dict[str, Any]:
@@ -202,7 +176,7 @@ def test_every_shard_in_parallel_into_postgres_equals_the_api_then_incrementally
     emulator: Emulator, base_url: str, tmp_path: Path, postgres: PostgresServer
 ) -> None:
     by_shard = account(emulator)
-    plan = postgres_plan(tmp_path, postgres)
+    plan = postgres_plan(tmp_path, postgres, SHARDS)
     spec = spec_file(tmp_path, plan, base_url)
 
     first = materialize_all(spec, plan)
@@ -230,7 +204,7 @@ def test_a_shard_killed_mid_load_is_exact_after_its_rerun(
     emulator: Emulator, base_url: str, tmp_path: Path, postgres: PostgresServer
 ) -> None:
     by_shard = account(emulator)
-    plan = postgres_plan(tmp_path, postgres)
+    plan = postgres_plan(tmp_path, postgres, SHARDS)
     spec = spec_file(tmp_path, plan, base_url, page_size=50)
     materialize_all(spec, plan)
     change_account(emulator, by_shard)
@@ -254,7 +228,7 @@ def test_duckdb_shard_files_read_as_one_equal_the_postgres_dataset(
     emulator: Emulator, base_url: str, tmp_path: Path, postgres: PostgresServer
 ) -> None:
     by_shard = account(emulator)
-    pg_plan = postgres_plan(tmp_path, postgres)
+    pg_plan = postgres_plan(tmp_path, postgres, SHARDS)
     files_plan = duckdb_plan(tmp_path)
     pg_spec = spec_file(tmp_path, pg_plan, base_url)
     files_spec = spec_file(tmp_path, files_plan, base_url)
@@ -297,12 +271,49 @@ def test_cursors_survive_a_worker_that_starts_without_local_state(
     assert_equals_api(read_shard_files(second_worker), emulator)
 
 
+def test_the_shard_files_answer_a_query_from_the_command_line(
+    emulator: Emulator, base_url: str, tmp_path: Path
+) -> None:
+    account(emulator)
+    plan = duckdb_plan(tmp_path)
+    materialize_all(spec_file(tmp_path, plan, base_url), plan)
+    expected = expected_rows(emulator)["customers"]
+    env = {**os.environ, "SHARDS__COUNT": str(SHARDS), "SHARDS__DUCKDB_FOLDER": plan.duckdb_folder}
+    command = [sys.executable, "-m", "connector.shards"]
+
+    def query(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    counted = query("SELECT count(*) AS n, count(DISTINCT company_id) AS c FROM customers")
+    wrong = query("SELECT no_such_column FROM customers")
+    elsewhere = subprocess.run(
+        [*command, "SELECT 1"],
+        cwd=ROOT,
+        env={**env, "SHARDS__DUCKDB_FOLDER": str(tmp_path / "empty")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert counted.returncode == 0, counted.stderr
+    cells = [line.split("│")[1:3] for line in counted.stdout.splitlines() if line.startswith("│")]
+    companies = {row[0] for row in expected}
+    assert [cell.strip() for cell in cells[-1]] == [str(len(expected)), str(len(companies))]
+    assert wrong.returncode == 2
+    assert "no_such_column" in wrong.stderr
+    assert elsewhere.returncode == 2
+    assert f"no shard file in {tmp_path / 'empty'}: materialize the shards first" in elsewhere.stderr
+
+
 @pytest.mark.postgres
 def test_a_different_shard_count_is_refused_and_changes_nothing(
     emulator: Emulator, base_url: str, tmp_path: Path, postgres: PostgresServer
 ) -> None:
     account(emulator)
-    plan = postgres_plan(tmp_path, postgres)
+    plan = postgres_plan(tmp_path, postgres, SHARDS)
     materialize_all(spec_file(tmp_path, plan, base_url), plan)
     before = read_postgres(postgres, plan.dataset_name)
     emulator.clear_log()

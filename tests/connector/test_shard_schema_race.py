@@ -8,31 +8,27 @@ test rolls back; both shards' statements go on at once and one of them loses to 
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-import dlt
 import pytest
-from dlt.destinations.exceptions import DatabaseException
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from connector.emulator.emulator import Emulator
 from connector.shards import is_schema_race
-from tests.connector.test_shard_staging import (
+from tests.postgres import PostgresServer
+from tests.shardtools import (
+    SHARDS,
     SIZING,
     Database,
+    Scratch,
     Shard,
     dataset_customers,
-    make_plan,
+    postgres_plan,
     shard_customers,
     shard_processes,
     start_shard,
     wait_for,
 )
-from tests.postgres import PostgresServer
 from tests.synctools import expected_customers
 
 
@@ -51,7 +47,7 @@ def test_shards_racing_to_create_the_schema_load_again_and_keep_every_row(
     emulator: Emulator, base_url: str, tmp_path: Path, postgres: PostgresServer
 ) -> None:
     emulator.reset(*SIZING)
-    plan = make_plan(tmp_path, postgres)
+    plan = postgres_plan(tmp_path, postgres, SHARDS)
     companies = shard_customers(emulator, plan)
     assert all(companies.values()), f"a shard without customers proves nothing: {companies}"
     db = Database(postgres, plan.dataset_name)
@@ -84,64 +80,6 @@ def test_shards_racing_to_create_the_schema_load_again_and_keep_every_row(
 
 
 # -- is_schema_race on what PostgreSQL answers ---------------------------------------------------
-
-
-class Scratch:
-    """A dataset of the test's own, reached through dlt's SQL client and the test's sessions."""
-
-    def __init__(self, postgres: PostgresServer, tmp_path: Path) -> None:
-        self.dataset = f"race_{uuid.uuid4().hex[:8]}"
-        self.application = f"scratch_{self.dataset}"
-        self.pipeline = dlt.pipeline(
-            pipeline_name=self.application,
-            destination=dlt.destinations.postgres(
-                credentials=f"{postgres.url}?application_name={self.application}"
-            ),
-            dataset_name=self.dataset,
-            pipelines_dir=str(tmp_path / "pipelines"),
-        )
-        self.db = Database(postgres, self.dataset)
-
-    def sql(self, statement: str) -> None:
-        with self.pipeline.sql_client() as client:
-            client.execute_sql(statement)
-
-    def error(self, statement: str) -> DatabaseException:
-        """The error dlt's SQL client raises on `statement`."""
-        with pytest.raises(DatabaseException) as caught:
-            self.sql(statement)
-        return caught.value
-
-    def error_behind(self, held: str, action: Callable[[], Any]) -> BaseException:
-        """The error `action` raises when it waits behind `held`, run uncommitted by another session."""
-        holder, holder_pid = self.db.lock_session()
-        holder.cursor().execute(held)
-        pool = ThreadPoolExecutor(max_workers=1)
-        running = pool.submit(action)
-
-        def waits() -> bool:
-            assert not running.done(), f"it ended before waiting behind {held!r}: {running.exception()}"
-            return any(holder_pid in by for _, by, _ in self.db.waiting(self.application))
-
-        try:
-            wait_for(waits, f"the statement waits behind {held!r}", [])
-            holder.commit()
-            error = running.exception(timeout=60)
-        finally:
-            holder.rollback()  # after a failure: let the statement go on, so the thread ends
-            pool.shutdown()
-        assert error is not None, f"nothing failed behind {held!r}"
-        return error
-
-
-@pytest.fixture
-def scratch(postgres: PostgresServer, tmp_path: Path) -> Iterator[Scratch]:
-    """A dataset name of the test's own; nothing is created yet."""
-    made = Scratch(postgres, tmp_path)
-    try:
-        yield made
-    finally:
-        made.db.close()
 
 
 def create_things(scratch: Scratch) -> None:
