@@ -98,6 +98,7 @@ def rows(document: Document) -> list[Row]:
         ("emulator", _emulator_rows),
         ("attachments", _attachment_rows),
         ("deferral", _deferral_rows),
+        ("shards", _shard_rows),
     ):
         figures = document.get(name)
         if figures is None:
@@ -217,6 +218,34 @@ def _deferral_rows(figures: Document) -> Iterator[Row]:
         "<=",
         1_000_000,
         "≤ 1 MB",
+    )
+
+
+def _shard_rows(figures: Document) -> Iterator[Row]:
+    what = (
+        f"full load of {figures['customers']:,} customers in {figures['companies']} companies, "
+        f"{figures['latency_s'] * 1000:.0f} ms latency"
+    )
+    shards = f"{figures['shards']} shard processes at once"
+    yield Row(f"{what}, one process", figures["one_process_seconds"], "s")
+    yield Row(f"{what}, {shards}", figures["shards_seconds"], "s")
+    yield Row(f"speed-up of {shards} (one process s / shards s)", figures["speedup"], "×")
+    yield Row("peak RSS, one process", figures["one_process_peak_rss_mib"], "MiB")
+    yield Row(
+        f"peak RSS, largest shard ({figures['shards_peak_rss_mib_sum']:,.0f} MiB all shards together)",
+        figures["shards_peak_rss_mib"],
+        "MiB",
+    )
+    yield Row(
+        "requests the emulator answered, one process / shards",
+        f"{figures['one_process_requests']:,} / {figures['shards_requests']:,}",
+    )
+    yield Row(
+        "customers in DuckDB = emulator's readable customers, one process and shards alike",
+        figures["exact"],
+        op="==",
+        goal=True,
+        target="exact",
     )
 
 

@@ -1,4 +1,4 @@
-"""Benchmarks of the sync, its `rest_api` peer, the emulator and attachments, in one JSON document.
+"""Benchmarks of the sync, its `rest_api` peer, the emulator, attachments and shards, in one JSON document.
 
 Run with `make bench` (`.venv/bin/python tests/benchmarks/run.py --out benchmarks.json`); `--quick`
 for a smoke run at small sizes, `--only NAME` (repeatable) for some of them. Each benchmark is a
@@ -259,6 +259,15 @@ def deferral_state(context: Context) -> Figures:
 
     say("deferral")
     return bench_deferral(quick=context.quick)
+
+
+@benchmark("shards")
+def shard_fan_out(context: Context) -> Figures:
+    """One process against four shard processes at once, on one account with request latency."""
+    from tests.benchmarks.shard_bench import bench_shards
+
+    say("shards")
+    return bench_shards(quick=context.quick)
 
 
 def machine() -> Figures:
