@@ -5,7 +5,8 @@
   partitioned by shard (`00` to `15`). Each partition runs `connector.shards.run_shard`: its own
   pipeline, state restored from the destination, its own staging dataset.
 - Every shard run takes a slot of the concurrency pool `codat_api`; set that pool's limit to the
-  plan's `shards_at_once` so the shards together stay within Codat's limit per egress IP.
+  plan's `shards_at_once` times the workers' egress IPs, so the shards together stay within
+  Codat's limit per IP (each paces itself to its part of it).
 - `codat_nightly` starts one run per shard every night.
 
 The asset body runs the connector's own `run_sync` rather than `DagsterDltResource.run`: the
