@@ -66,6 +66,10 @@ UNMAPPED = "unmapped_fields"
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 TEXT = pa.string()
 
+# Each child row names its company, so a shard prunes only its own companies' rows while other
+# shards load the same tables (`connector.views.prune_child_rows`). Nullable: rows loaded before
+# the column existed have none.
+COMPANY_FIELD = pa.field("company_id", TEXT)
 # The link columns dlt's normaliser writes on child tables. They are not `root_key` and
 # `parent_key` here: dlt keeps those hints for tables its normaliser nests.
 LINK_FIELDS = [
@@ -101,16 +105,17 @@ CUSTOMER_SCHEMA = pa.schema(
         pa.field("_dlt_id", TEXT, nullable=False),
     ]
 )
-ADDRESS_SCHEMA = pa.schema([*_text_fields(ADDRESS_TEXT), *LINK_FIELDS])
+ADDRESS_SCHEMA = pa.schema([*_text_fields(ADDRESS_TEXT), COMPANY_FIELD, *LINK_FIELDS])
 CONTACT_SCHEMA = pa.schema(
     [
         *_text_fields(CONTACT_TEXT),
         *_text_fields(ADDRESS_TEXT, "address__"),
         pa.field("modified_date", TIMESTAMP),
+        COMPANY_FIELD,
         *LINK_FIELDS,
     ]
 )
-PHONE_SCHEMA = pa.schema([*_text_fields(PHONE_TEXT), *LINK_FIELDS])
+PHONE_SCHEMA = pa.schema([*_text_fields(PHONE_TEXT), COMPANY_FIELD, *LINK_FIELDS])
 CHILD_SCHEMAS = {ADDRESSES: ADDRESS_SCHEMA, CONTACTS: CONTACT_SCHEMA, PHONES: PHONE_SCHEMA}
 
 
@@ -221,7 +226,7 @@ class PageBuilder:
         columns[UNMAPPED] = pa.array([self._unmapped(r) for r in records], TEXT)
         columns["_dlt_load_id"] = pa.array([load_id] * count, TEXT)
         columns["_dlt_id"] = root_ids
-        children = _children(parsed, root_ids)
+        children = _children(parsed, root_ids, company_id)
         return CustomerPage(
             customers=pa.Table.from_arrays(
                 [columns[f.name] for f in CUSTOMER_SCHEMA], schema=CUSTOMER_SCHEMA
@@ -282,8 +287,8 @@ def _dict_items(value: Any) -> list[Json]:
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
-def _children(parsed: pa.StructArray, root_ids: pa.Array) -> dict[str, pa.Table]:
-    """The child tables' rows, linked to their parents as dlt's normaliser links them."""
+def _children(parsed: pa.StructArray, root_ids: pa.Array, company_id: str) -> dict[str, pa.Table]:
+    """The child tables' rows of one company, linked to their parents as dlt's normaliser links them."""
     addresses, address_parents, address_index = _unnest(pc.struct_field(parsed, "addresses"))
     contacts, contact_parents, contact_index = _unnest(pc.struct_field(parsed, "contacts"))
     phones, phone_parents, phone_index = _unnest(pc.struct_field(contacts, "phone"))
@@ -298,17 +303,25 @@ def _children(parsed: pa.StructArray, root_ids: pa.Array) -> dict[str, pa.Table]
         ADDRESSES: _child_table(
             ADDRESS_SCHEMA,
             [pc.struct_field(addresses, key) for key, _ in ADDRESS_TEXT],
+            company_id,
             address_roots,
             address_roots,
             address_index,
             _child_ids(address_roots, "a", address_index),
         ),
         CONTACTS: _child_table(
-            CONTACT_SCHEMA, contact_columns, contact_roots, contact_roots, contact_index, contact_ids
+            CONTACT_SCHEMA,
+            contact_columns,
+            company_id,
+            contact_roots,
+            contact_roots,
+            contact_index,
+            contact_ids,
         ),
         PHONES: _child_table(
             PHONE_SCHEMA,
             [pc.struct_field(phones, key) for key, _ in PHONE_TEXT],
+            company_id,
             pc.take(contact_roots, phone_parents),
             pc.take(contact_ids, phone_parents),
             phone_index,
@@ -333,12 +346,14 @@ def _child_ids(parent_ids: pa.Array, kind: str, positions: pa.Array) -> pa.Array
 def _child_table(
     schema: pa.Schema,
     values: list[pa.Array],
+    company_id: str,
     roots: pa.Array,
     parents: pa.Array,
     positions: pa.Array,
     ids: pa.Array,
 ) -> pa.Table:
-    return pa.Table.from_arrays([*values, roots, parents, positions, ids], schema=schema)
+    company = pa.array([company_id] * len(ids), TEXT)
+    return pa.Table.from_arrays([*values, company, roots, parents, positions, ids], schema=schema)
 
 
 def _dates(texts: pa.Array) -> pa.Array:

@@ -290,9 +290,9 @@ def codat_source(
         columns=attachment_columns,
     )
     def customer_attachments(page: Any) -> Iterator[Collector]:
-        # The customers resource also yields its child tables: only the customers table
-        # (the one with `company_id`) names customers.
-        if isinstance(page, pa.Table) and "company_id" in page.column_names and page.num_rows:
+        # The customers resource also yields its child tables: only the customers table (the
+        # one that links to no parent) names customers.
+        if isinstance(page, pa.Table) and "_dlt_parent_id" not in page.column_names and page.num_rows:
             company_id = str(page.column("company_id")[0])
             dates, ids = page.column("modified_date").to_pylist(), page.column("id").to_pylist()
             customers = list(zip(dates, ids, strict=True))

@@ -325,7 +325,7 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
         with _timed(steps, "load"):
             pipeline.load()
         after = count_customers(pipeline, counted)
-        prune_child_rows(pipeline, repair=repair.exists())
+        prune_child_rows(pipeline, repair=repair.exists(), company_ids=counted)
         repair.unlink(missing_ok=True)
         views = create_views(pipeline)
     outcomes = report.companies.values()

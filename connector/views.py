@@ -47,7 +47,9 @@ CUSTOMER_FIELDS = tuple(
     and column.get("data_type") != "json"
 )
 ADDRESS_FIELDS = tuple(
-    name for name in child_columns("customers__addresses") if not name.startswith("_dlt") and name != "type"
+    name
+    for name in child_columns("customers__addresses")
+    if not name.startswith("_dlt") and name not in ("type", "company_id")
 )
 CONTACT_FIELDS = ("name", "email")
 ATTACHMENT_FIELDS = tuple(ATTACHMENT_COLUMNS)
@@ -58,7 +60,7 @@ def has_table(pipeline: Pipeline, table: str) -> bool:
     return bool(pipeline.default_schema_name) and table in pipeline.default_schema.tables
 
 
-def prune_child_rows(pipeline: Pipeline, repair: bool = False) -> None:
+def prune_child_rows(pipeline: Pipeline, repair: bool = False, company_ids: list[str] | None = None) -> None:
     """Delete the child rows of customer versions that were replaced or hard-deleted.
 
     The child tables are appended (dlt merges nested tables only when its own normaliser wrote
@@ -72,8 +74,11 @@ def prune_child_rows(pipeline: Pipeline, repair: bool = False) -> None:
         repair: Also collapse rows loaded twice. A run killed after the destination committed a
             load job but before dlt marked it done has that job loaded again when the package is
             finished; the child tables, appended, then hold its rows twice (same `_dlt_id`).
+        company_ids: Only these companies' rows (and rows from before child rows named their
+            company). A shard passes its own: another shard loading the same tables appends its
+            child rows before it merges their customers, and until then they join to nothing.
     """
-    if not _holds_sql(pipeline) or not has_table(pipeline, "customers"):
+    if not _holds_sql(pipeline) or not has_table(pipeline, "customers") or company_ids == []:
         return
     schema = pipeline.default_schema
     children = [t for t in CHILD_TABLES if t in schema.tables and has_table_seen_data(schema.tables[t])]
@@ -81,9 +86,14 @@ def prune_child_rows(pipeline: Pipeline, repair: bool = False) -> None:
         customers = sql.make_qualified_table_name("customers")
         for table in children:
             child = sql.make_qualified_table_name(table)
+            scope = ""
+            if company_ids is not None:
+                marks = ", ".join(["%s"] * len(company_ids))
+                scope = f"(company_id IS NULL OR company_id IN ({marks})) AND "
             sql.execute_sql(
-                f"DELETE FROM {child} WHERE NOT EXISTS "
-                f"(SELECT 1 FROM {customers} c WHERE c._dlt_id = {child}._dlt_root_id)"
+                f"DELETE FROM {child} WHERE {scope}NOT EXISTS "
+                f"(SELECT 1 FROM {customers} c WHERE c._dlt_id = {child}._dlt_root_id)",
+                *(company_ids or []),
             )
             if repair:
                 _collapse_twice_loaded(sql, child, sql.make_qualified_table_name(f"_codat_repair_{table}"))
