@@ -119,8 +119,9 @@ def check_plan(plan: ShardPlan, pipeline: dlt.Pipeline) -> None:
         return
     count, names = max(other.items(), key=lambda item: len(item[1]))
     where = f"the folder {plan.duckdb_folder}" if plan.per_file else f"the dataset {plan.dataset_name}"
+    found = names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
     raise ShardPlanChanged(
-        f"{where} was loaded in {count} shards ({names[0]} and {len(names) - 1} more), and this "
+        f"{where} was loaded in {count} shards ({found}), and this "
         f"run is sharded {plan.count} ways. Each company's cursor is in its shard's state, so the "
         f"count cannot change in place: keep the shard count at {count}, or load the new count "
         "into a new dataset (README, 'Company shards on Dagster')"
