@@ -39,6 +39,7 @@ from connector.lock import pipeline_lock
 from connector.placement import ShardPlan
 from connector.source import codat_source
 from connector.sync import STATUS_COLUMNS, STATUS_KEY, SyncSummary, run_sync
+from connector.views import create_views
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ def prepare_dataset(plan: ShardPlan) -> list[str]:
     check_plan(plan, pipeline)
     pipeline.extract([], table_name="sync_status", schema=dataset_schema())
     tables = sorted(pipeline.sync_schema())
+    create_views(pipeline)  # now, or the shards' first runs would race to create them
     pipeline.drop()
     return tables
 
@@ -232,13 +234,13 @@ def run_shard(plan: ShardPlan, shard: int, fresh_state: bool = True, **source_op
         while True:
             try:
                 return run_sync(pipeline, **options)
-            except PipelineStepFailed as exc:
+            except (PipelineStepFailed, DatabaseException) as exc:  # a load, or the views after it
                 if attempt >= SCHEMA_RACE_ATTEMPTS or not is_schema_race(exc):
                     raise
                 logger.warning(
-                    "%s lost a race with another shard creating a table or column (%s); loading again",
+                    "%s lost a race with another shard creating a table, column or view (%s); loading again",
                     pipeline.pipeline_name,
-                    exc.step,
+                    getattr(exc, "step", "views"),
                 )
                 time.sleep(random.uniform(0.1, 0.5) * attempt)  # noqa: S311 - jitter, not secrets
                 attempt += 1

@@ -169,8 +169,10 @@ def create_views(pipeline: Pipeline) -> list[str]:
     return created
 
 
-def _replace_view(sql: object, qualified: str, body: str, name: str) -> str:
-    execute = getattr(sql, "execute_sql")  # noqa: B009 - typed loosely across destinations
-    execute(f"DROP VIEW IF EXISTS {qualified}")
-    execute(f"CREATE VIEW {qualified} AS {body}")
+def _replace_view(sql: SqlClientBase[Any], qualified: str, body: str, name: str) -> str:
+    # One transaction: a shard replacing the view while another does waits for it instead of
+    # failing to create what the other just created (`connector.shards`).
+    with sql.begin_transaction():
+        sql.execute_sql(f"DROP VIEW IF EXISTS {qualified}")
+        sql.execute_sql(f"CREATE VIEW {qualified} AS {body}")
     return name
