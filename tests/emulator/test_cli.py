@@ -20,6 +20,12 @@ def emulator_command(*flags: str) -> list[str]:
     return [sys.executable, "-m", "connector.emulator", *flags]
 
 
+def stop(process: subprocess.Popen) -> None:
+    """Kill the emulator (it holds nothing to flush; see `connector.emulator.launch`)."""
+    process.kill()
+    process.wait(timeout=30)
+
+
 def read_line(process: subprocess.Popen, timeout: float) -> str:
     """The first line the process prints, waiting at most `timeout` seconds."""
     with selectors.DefaultSelector() as selector:
@@ -39,12 +45,7 @@ def running_emulator():
     try:
         yield process, read_line(process, timeout=30)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         process.stdout.close()
         process.stderr.close()
 
@@ -87,8 +88,7 @@ def test_same_seed_serves_the_same_ids_in_two_processes(running_emulator):
         url = READY.search(read_line(other, timeout=30))[1]
         second = requests.get(f"{url}/companies", headers={"Authorization": basic_auth("K")}, timeout=5)
     finally:
-        other.terminate()
-        other.wait(timeout=10)
+        stop(other)
         other.stdout.close()
     assert [c["id"] for c in second.json()["results"]] == [c["id"] for c in first.json()["results"]]
 
@@ -119,8 +119,7 @@ def test_per_minute_flags(flags, limit, window):
         auth = {"Authorization": basic_auth("K")}
         answers = [requests.get(f"{url}/companies", headers=auth, timeout=5) for _ in range(3)]
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)
         process.stdout.close()
     if limit is None:
         assert [a.status_code for a in answers] == [200, 200, 200]
