@@ -45,9 +45,9 @@ def emulator_process(*flags: str, ready_timeout: float = DEFAULT_READY_TIMEOUT) 
         try:
             yield _wait_until_ready(process, errors, ready_timeout)
         finally:
-            # The emulator holds nothing to flush, so it is killed, not asked to stop: in full CI
-            # runs a SIGTERM was seen to go unanswered for 10 s, and a test of an API that dies
-            # mid-run needs it gone at once.
+            # The emulator holds nothing to flush, so it is killed, not asked to stop: a caller
+            # that ignores SIGTERM (as a background job's Dagster instance made the test session
+            # do) passes that on to its children, and a test of an API that dies needs it gone.
             process.kill()
             process.wait()
             if process.stdout is not None:

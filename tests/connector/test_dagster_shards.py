@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -353,6 +355,21 @@ def test_a_different_shard_count_is_refused_for_duckdb_files(
     assert not moved.duckdb_file(SHARDS).exists()
 
 
+@contextmanager
+def dagster_signals_undone() -> Iterator[None]:
+    """Put back the signal handlers Dagster's in-process instance replaces.
+
+    It maps SIGTERM to SIGINT's handler, which in a background job (CI) is "ignore": every
+    process the test session starts afterwards would then ignore SIGTERM too.
+    """
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+
+
 def test_the_nightly_schedule_starts_every_shard_once_a_night(tmp_path: Path) -> None:
     plan = duckdb_plan(tmp_path, count=4)
     defs = codat_definitions(plan)
@@ -360,9 +377,12 @@ def test_the_nightly_schedule_starts_every_shard_once_a_night(tmp_path: Path) ->
     assert schedule.cron_schedule == "0 2 * * *"
 
     night = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)
-    with dg.build_schedule_context(
-        scheduled_execution_time=night, repository_def=defs.get_repository_def()
-    ) as context:
+    with (
+        dagster_signals_undone(),
+        dg.build_schedule_context(
+            scheduled_execution_time=night, repository_def=defs.get_repository_def()
+        ) as context,
+    ):
         requests = list(schedule.evaluate_tick(context).run_requests or [])
 
     assert [r.partition_key for r in requests] == ["00", "01", "02", "03"]
