@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,7 +55,7 @@ def pipeline_lock(pipelines_dir: str, pipeline_name: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read(fd)
+            holder = _holder(fd)
             raise PipelineBusy(
                 f"another codat-sync run (pid {holder.get('pid', '?')}, started "
                 f"{holder.get('started', '?')}) holds pipeline {pipeline_name}; this run did nothing "
@@ -76,6 +77,16 @@ def pipeline_lock(pipelines_dir: str, pipeline_name: str) -> Iterator[None]:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _holder(fd: int, tries: int = 20) -> dict[str, Any]:
+    """Who holds the lock: a run that has just taken it may not have written its name yet."""
+    for _ in range(tries - 1):
+        holder = _read(fd)
+        if holder.get("pid"):
+            return holder
+        time.sleep(0.05)
+    return _read(fd)
 
 
 def _read(fd: int) -> dict[str, Any]:
