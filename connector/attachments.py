@@ -313,7 +313,9 @@ class AttachmentSync:
 
     def _done(self, task: Task, rows: list[Json]) -> None:
         with self._lock:
-            self.report.company(task.company_id).attachments_loaded += len(rows)
+            outcome = self.report.company(task.company_id)
+            outcome.attachments_loaded += len(rows)
+            outcome.attachment_listings += len(task.connections)
             if task.stream is not None and task.key is not None:
                 task.stream.done(task.key)
                 if task.stream.pending:

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from dlt.common.data_types import TDataType
 from dlt.common.schema.typing import TColumnSchema, TTableSchemaColumns
 
-from connector.records import Json, parse_codat_datetime
+from connector.records import Json, is_no_date, parse_codat_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +178,11 @@ class CustomerPage:
 
 
 class PageBuilder:
-    """Builds the Arrow tables of customer pages, warning once per field it does not map."""
+    """Builds the Arrow tables of customer pages, warning once per field it does not map or read."""
 
     def __init__(self) -> None:
         self._warned: set[str] = set()
+        self._unreadable: set[str] = set()  # date fields already warned about
 
     def build(
         self,
@@ -218,6 +219,8 @@ class PageBuilder:
             columns[column] = pc.struct_field(parsed, key)
         columns["modified_date"] = pa.array(modified, TIMESTAMP)
         columns["source_modified_date"] = _dates(pc.struct_field(parsed, "sourceModifiedDate"))
+        self._check_dates(records, company_id, "modifiedDate", columns["modified_date"])
+        self._check_dates(records, company_id, "sourceModifiedDate", columns["source_modified_date"])
         columns["is_deleted"] = pc.fill_null(pc.struct_field(parsed, ["metadata", "isDeleted"]), False)
         columns["extracted_at"] = pa.array([extracted_at] * count, TIMESTAMP)
         columns["supplemental_data"] = pa.array(
@@ -233,6 +236,25 @@ class PageBuilder:
             ),
             children={name: table for name, table in children.items() if table.num_rows},
         )
+
+    def _check_dates(self, records: Sequence[Json], company_id: str, key: str, read: pa.Array) -> None:
+        """Warn, once per field in a run, of a date Codat sent that cannot be read (stored as NULL)."""
+        if key in self._unreadable or read.null_count == 0:
+            return
+        for record, moment in zip(records, read.to_pylist(), strict=True):
+            value = record.get(key)
+            if moment is None and value is not None and not is_no_date(value):
+                self._unreadable.add(key)
+                logger.warning(
+                    "Customer %r of company %s has a %s that is not a date (%r); stored as NULL. "
+                    "Further unreadable %s values in this run are not reported",
+                    record.get("id"),
+                    company_id,
+                    key,
+                    value,
+                    key,
+                )
+                return
 
     def _unmapped(self, record: Json) -> str | None:
         if CUSTOMER_KEYS.issuperset(record) and _children_known(record):

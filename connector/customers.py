@@ -32,6 +32,7 @@ class BoundaryDeduper:
     def __init__(self, cursor: datetime | None, boundary: list[str]) -> None:
         self.cursor = cursor
         self.boundary = set(boundary)
+        self.read_any = False  # whether a page with records has been read
 
     def fresh(
         self, records: list[Json], modified: list[datetime | None]
@@ -40,6 +41,7 @@ class BoundaryDeduper:
         kept: list[Json] = []
         kept_dates: list[datetime | None] = []
         cursor = self.cursor
+        self.read_any = self.read_any or bool(records)
         for record, date in zip(records, modified, strict=True):
             if date is not None and date == cursor:
                 digest = record_hash(record)
@@ -101,7 +103,8 @@ class CustomerSync:
     def pages(self, company: Json, outcome: CompanyReport) -> Iterator[CustomerPage]:
         """The company's changed customers as Arrow tables, a page at a time.
 
-        A failure is recorded on `outcome` and ends this company only; its cursor stays put.
+        A failure is recorded on `outcome` and ends this company only; its cursor moves to what
+        was read before it, so the next run reads on from there.
         """
         company_id = str(company["id"])
         if not accounting_connection_ids(company):
@@ -133,17 +136,18 @@ class CustomerSync:
         except CodatApiError as exc:
             if self.client.stopped is not None:
                 outcome.stopped(self.client.stopped)
-                self._save_progress(company_id, deduper, saved)
             elif exc.status == 409:
                 logger.info("Customers of company %s are not ready: %s", company_id, exc.error)
                 outcome.not_ready(exc)
             else:
                 logger.warning("Customers of company %s failed: %s", company_id, exc)
                 outcome.fail(exc)
+            self._save_progress(company_id, deduper, saved)
             return
         except PagingError as exc:
             logger.warning("Customers of company %s failed: %s", company_id, exc)
             outcome.fail(exc)
+            self._save_progress(company_id, deduper, saved)
             return
         self._save_progress(company_id, deduper, saved, last_sync)
 
@@ -152,13 +156,16 @@ class CustomerSync:
     ) -> None:
         """Move the company's cursor to what was read (and is loaded with this state).
 
-        Called when a company is done (with Codat's `lastSync`), and when the run stopped
-        halfway through it (without, so the next run pages it again from here): pages come in
-        `modifiedDate` order, so everything before the cursor has been read. A company with
+        Called when a company is done (with Codat's `lastSync`), and when the run stopped or the
+        company failed halfway through it (without, so the next run pages it again from here):
+        pages come in `modifiedDate` order, so everything before the cursor has been read (and
+        is loaded with this state; reading it again would only count it as updated). A company with
         more pages than a day's quota still gets through, a day at a time.
         """
         if self.backfill:
             return
+        if last_sync is None and not deduper.read_any:
+            return  # stopped or failed before its first page: nothing to move past
         self.cursors[company_id] = CompanyCursor(
             format_codat_datetime(deduper.cursor) if deduper.cursor else saved.cursor,
             tuple(sorted(deduper.boundary)),

@@ -56,7 +56,7 @@ class RunStopped(CodatError):
 
 
 class PagingError(CodatError):
-    """Codat's pages cannot be walked safely; the company's read stops and its cursor stays."""
+    """Codat's pages cannot be walked safely; the company's read stops where it got to."""
 
 
 class RepeatedPageError(PagingError):

@@ -41,6 +41,11 @@ def parse_codat_datetime(value: Any) -> datetime | None:
         return None
 
 
+def is_no_date(value: Any) -> bool:
+    """Whether a date field says "no date" as Codat does: empty, or the year 1 (`0001-01-01`)."""
+    return value is None or value == "" or (isinstance(value, str) and value.startswith("0001-01-01"))
+
+
 def format_codat_datetime(moment: datetime) -> str:
     """Write an instant the way Codat's query language reads it (UTC, microseconds, `Z`)."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -32,7 +32,8 @@ class CompanyReport:
     customers_deleted: int = 0  # loaded with `isDeleted`
     first_load: bool = False  # no cursor before this run: every customer is new to the warehouse
     transient: bool = False  # the error was no answer, a `5xx` or a `429`
-    attachments_loaded: int = 0
+    attachments_loaded: int = 0  # attachments found by this run's listings
+    attachment_listings: int = 0  # listings made (one per customer and accounting connection)
     attachments_deferred: int = 0
     deferral_reason: str | None = None
     files_downloaded: int = 0

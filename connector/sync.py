@@ -21,6 +21,7 @@ from connector.destinations import check_destination, describe_destination
 from connector.errors import RunStopped
 from connector.lock import lock_path, pipeline_lock
 from connector.pacing import API_UNREACHABLE
+from connector.packages import finish_archiving
 from connector.source import codat_source
 from connector.status import FAILED, NOT_READY, OK, STATUSES, RunReport
 from connector.views import create_views, has_table, prune_child_rows
@@ -66,12 +67,13 @@ class SyncSummary:
     customers_new: int
     customers_updated: int
     customers_deleted: int  # deleted in Codat since the last run
-    attachments: int
+    attachments: int  # found by this run's listings
     files: int
     requests: int
     seconds: float
     load_id: str | None
     customers_already_deleted: int = 0  # first loaded already deleted
+    attachment_listings: int = 0  # listings made, one per customer and accounting connection
     views: list[str] = field(default_factory=list)
     status_rows: list[dict[str, Any]] = field(default_factory=list)
     steps: dict[str, float] = field(default_factory=dict)  # seconds of extract, normalize, load
@@ -105,7 +107,8 @@ class SyncSummary:
             f"companies: {self.companies} ({len(self.failed)} failed{counts})",
             f"customers: {self.customers_new} new, {self.customers_updated} updated, "
             f"{self.customers_deleted} deleted" + (f", {already} loaded already deleted" if already else ""),
-            f"attachments: {self.attachments} listed, {self.files} files downloaded"
+            f"attachments: {self.attachments} found in {self.attachment_listings} listings, "
+            f"{self.files} files downloaded"
             + _deferred_text(self.attachments_deferred, self.deferral_reasons),
             f"requests spent: {self.requests}",
             *([f"data: {self.destination}"] if self.destination else []),
@@ -223,13 +226,15 @@ def _timed(steps: dict[str, float], name: str) -> Iterator[None]:
 def finish_interrupted(pipeline: dlt.Pipeline) -> list[str]:
     """Restore state from the destination if need be, and load what an interrupted run left.
 
-    dlt's `run` without data does both. Returns summary lines on the finished packages,
-    from the `sync_status` rows they held when the interrupted run got that far.
+    dlt's `run` without data does both, once the packages a kill left completed but not
+    archived are archived (`connector.packages`). Returns summary lines on the finished
+    packages, from the `sync_status` rows they held when the interrupted run got that far.
     """
+    archived = finish_archiving(pipeline)
     info = pipeline.run()
-    if info is None or not info.loads_ids:
+    ids = [*archived, *(info.loads_ids if info is not None else [])]
+    if not ids:
         return []
-    ids = list(info.loads_ids)
     lines = [f"interrupted run finished first: {len(ids)} load package(s) {', '.join(ids)}"]
     if not has_table(pipeline, "sync_status"):
         return lines
@@ -348,6 +353,7 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
         customers_deleted=deleted,
         customers_already_deleted=first_deleted,
         attachments=sum(r.attachments_loaded for r in outcomes),
+        attachment_listings=sum(r.attachment_listings for r in outcomes),
         files=sum(r.files_downloaded for r in outcomes),
         attachments_deferred=report.attachments_deferred,
         deferral_reasons=report.deferral_reasons,

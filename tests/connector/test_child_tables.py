@@ -132,3 +132,37 @@ def test_unknown_fields_and_odd_types_are_kept_not_dropped(
     assert len(warnings) == 1
     assert "loyaltyTier" in warnings[0]
     assert "addresses[0].unit" in warnings[0]
+
+
+def test_an_unreadable_date_is_stored_as_null_with_one_warning_naming_it(
+    emulator: Emulator, base_url: str, tmp_path, caplog
+):
+    emulator.reset(7, 3, 300)
+    company = readable(emulator)[0]
+    first, second, third = list(company.customers.values())[:3]
+    emulator.store.put_customer(company, {**first, "modifiedDate": "last Tuesday"})
+    emulator.store.put_customer(company, {**second, "modifiedDate": "2024-13-45T00:00:00Z"})
+    emulator.store.put_customer(company, {**third, "sourceModifiedDate": "soon"})
+    warehouse = Warehouse(tmp_path, base_url)
+
+    with caplog.at_level(logging.WARNING, logger="connector.batches"):
+        warehouse.sync(attachments=False)
+
+    rows = warehouse.rows(
+        "SELECT id, modified_date, source_modified_date FROM codat.customers "
+        f"WHERE company_id = '{company.id}' AND id IN ('{first['id']}', '{second['id']}', '{third['id']}')"
+    )
+    by_id = {row[0]: row[1:] for row in rows}
+    assert set(by_id) == {first["id"], second["id"], third["id"]}
+    assert by_id[first["id"]][0] is None
+    assert by_id[second["id"]][0] is None
+    assert by_id[third["id"]][0] is not None
+    assert by_id[third["id"]][1] is None
+    warnings = [r.getMessage() for r in caplog.records if "is not a date" in r.getMessage()]
+    assert len(warnings) == 2, warnings  # once per field, however many customers have one
+    modified = next(w for w in warnings if "has a modifiedDate" in w)
+    assert company.id in modified
+    assert repr(first["id"]) in modified or repr(second["id"]) in modified
+    source = next(w for w in warnings if "has a sourceModifiedDate" in w)
+    assert repr(third["id"]) in source
+    assert "'soon'" in source

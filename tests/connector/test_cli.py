@@ -97,6 +97,11 @@ def operations(emulator: Emulator) -> list[str]:
     return [entry["operation"] for entry in emulator.request_log]
 
 
+def listings(emulator: Emulator) -> int:
+    """Attachment listings the emulator answered."""
+    return operations(emulator).count("list-customer-attachments")
+
+
 def test_a_clean_run_exits_0_and_prints_what_it_loaded(emulator: Emulator, tmp_path, capsys) -> None:
     customers = sum(len(c.customers) for c in readable(emulator))
 
@@ -107,7 +112,8 @@ def test_a_clean_run_exits_0_and_prints_what_it_loaded(emulator: Emulator, tmp_p
     assert summary(out) == [
         "companies: 3 (0 failed)",
         f"customers: {customers} new, 0 updated, 0 deleted, {deleted_count(emulator)} loaded already deleted",
-        f"attachments: {attachment_count(emulator)} listed, 0 files downloaded",
+        f"attachments: {attachment_count(emulator)} found in {listings(emulator)} listings, "
+        "0 files downloaded",
         f"requests spent: {len(emulator.request_log)}",
         data_line(tmp_path),
     ]
@@ -132,7 +138,7 @@ def test_a_second_run_without_changes_loads_nothing_for_one_request(
     assert summary(capsys.readouterr().out) == [
         "companies: 3 (0 failed, 3 unchanged)",
         "customers: 0 new, 0 updated, 0 deleted",
-        "attachments: 0 listed, 0 files downloaded",
+        "attachments: 0 found in 0 listings, 0 files downloaded",
         "requests spent: 1",
         data_line(tmp_path),
     ]
@@ -238,7 +244,11 @@ def test_no_attachments_lists_none(emulator: Emulator, tmp_path, capsys) -> None
 
     assert code == 0
     out = summary(capsys.readouterr().out)
-    assert out[2:] == ["attachments: 0 listed, 0 files downloaded", "requests spent: 4", data_line(tmp_path)]
+    assert out[2:] == [
+        "attachments: 0 found in 0 listings, 0 files downloaded",
+        "requests spent: 4",
+        data_line(tmp_path),
+    ]
     assert "list-customer-attachments" not in operations(emulator)
     assert "customer_attachments" not in tables(tmp_path)
     assert rows(tmp_path, "SELECT COUNT(*) FROM codat.customers") == [
@@ -258,7 +268,7 @@ def test_full_refresh_loads_everything_again(emulator: Emulator, tmp_path, capsy
     assert summary(capsys.readouterr().out) == [
         "companies: 3 (0 failed)",
         f"customers: {customers} new, 0 updated, 0 deleted, {deleted_count(emulator)} loaded already deleted",
-        f"attachments: {attachment_count(emulator)} listed, 0 files downloaded",
+        f"attachments: {attachment_count(emulator)} found in {customers} listings, 0 files downloaded",
         f"requests spent: {1 + 3 + customers}",
         data_line(tmp_path),
     ]

@@ -11,6 +11,7 @@ from connector.emulator.emulator import Emulator
 from tests.synctools import (
     Warehouse,
     attachment_keys,
+    codat_instant,
     expected_customers,
     normalise,
     readable,
@@ -299,3 +300,34 @@ def test_backfill_window_loads_only_that_window_and_keeps_cursors(
     assert 0 < len(expected) < len(everyone), "the window must hold some customers and leave some out"
     assert set(loaded) == expected
     assert warehouse.state().get("cursors", {}) == {}
+
+
+def test_a_company_failing_halfway_is_read_on_from_there_and_nothing_counts_as_updated(
+    emulator: Emulator, base_url: str, tmp_path
+) -> None:
+    victim = max(readable(emulator), key=lambda c: len(c.customers))
+    total = len(victim.customers)
+    assert total > 40, "the company needs more than two pages of 20"
+    pages = f"/companies/{victim.id}/data/customers"
+    emulator.add_fault("slow", count=1, delay=0, match=pages)  # the first page is answered
+    emulator.add_fault("500", count=4, match=pages)  # every attempt at the second fails
+    warehouse = Warehouse(tmp_path, base_url)
+
+    first = warehouse.sync(page_size=20, attachments=False, max_attempts=4)
+
+    assert first.failed == [victim.id]
+    loaded = warehouse.rows(f"SELECT COUNT(*) FROM codat.customers WHERE company_id = '{victim.id}'")
+    assert loaded == [(20,)]
+    assert emulator.faults.faults == [], "every queued fault was consumed"
+    emulator.clear_log()
+
+    again = warehouse.sync(page_size=20, attachments=False)
+
+    assert again.ok
+    assert (again.customers_new, again.customers_updated) == (total - 20, 0)
+    assert normalise(warehouse.customers()) == expected_customers(emulator)
+    reads = [e for e in emulator.request_log if e["operation"] == "list-customers"]
+    first_read = next(e for e in reads if e["company_id"] == victim.id)
+    bound = first_read["params"]["query"].removeprefix("modifiedDate>=")
+    twentieth = sorted(codat_instant(r["modifiedDate"]) for r in victim.customers.values())[19]
+    assert codat_instant(bound) == twentieth  # read on from the last page read, not from the start
