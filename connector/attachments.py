@@ -254,7 +254,7 @@ class AttachmentSync:
                 if self.files is not None:
                     mapped = [self.files.fetch(self.client, row, self.report) for row in mapped]
                 rows.extend(mapped)
-        except CodatApiError as exc:
+        except (CodatApiError, RunStopped) as exc:  # RunStopped: the files folder is full
             self._failed(task, exc)
         else:
             self._done(task, rows)
@@ -300,12 +300,12 @@ class AttachmentSync:
                 self._stopped = reason
             return self._stopped
 
-    def _failed(self, task: Task, exc: CodatApiError) -> None:
+    def _failed(self, task: Task, exc: CodatApiError | RunStopped) -> None:
         if (stopped := self._stopped_by_client()) is not None:
             self._defer(task, stopped)
             return
         logger.warning("Attachments of customer %r failed: %s", task.customer_id, exc)
-        if exc.status in FINAL_STATUSES:  # asking again in this run will not help: say so
+        if isinstance(exc, CodatApiError) and exc.status in FINAL_STATUSES:  # asking again will not help
             with self._lock:
                 self.report.company(task.company_id).fail(exc)
         # The customer's cursor has moved on: only its deferral brings the listing back.

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import dlt
@@ -15,13 +19,14 @@ from dlt.common.configuration.exceptions import (
     ConfigFieldMissingException,
     ConfigValueCannotBeCoercedException,
 )
-from dlt.common.destination.exceptions import UnknownDestinationModule
+from dlt.common.destination.exceptions import DestinationException, UnknownDestinationModule
 from dlt.common.pipeline import get_dlt_pipelines_dir
 from dlt.common.runtime.collector import LogCollector, TqdmCollector
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from connector.defaults import DEFAULT_DUCKDB_FILE
-from connector.destinations import duckdb_destination, duckdb_problem
+from connector.destinations import duckdb_destination, duckdb_lock_problem
+from connector.disk import DISK_FULL_TEXTS, describe_full_disk, full_disk_path
 from connector.errors import (
     CodatApiError,
     DestinationLocked,
@@ -30,17 +35,21 @@ from connector.errors import (
     PipelineBusy,
 )
 from connector.lock import pipeline_lock
+from connector.pacing import DISK_FULL, INTERRUPTED, StopSwitch
 from connector.source import setting
 from connector.sync import (
     EXIT_API_UNREACHABLE,
     EXIT_BAD_INPUT,
     EXIT_BUSY,
+    EXIT_DISK_FULL,
     EXIT_QUOTA_SPENT,
+    EXIT_SIGNAL_BASE,
     run_sync,
     stop_exit_code,
 )
 
 PROGRESS_PERIOD = 2.0  # seconds between progress reports
+INTERRUPTING = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what cron wrappers, systemd and Dagster send
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -149,6 +158,7 @@ def make_pipeline(args: argparse.Namespace) -> dlt.Pipeline:
     pipeline: dlt.Pipeline = dlt.pipeline(
         pipeline_name=args.pipeline_name, destination=destination, dataset_name=args.dataset, **options
     )
+    pipeline.config.runtime.intercept_signals = False  # the command's own handlers stop the run
     return pipeline
 
 
@@ -156,11 +166,72 @@ def main(argv: list[str] | None = None) -> int:
     """Run one sync; the exit codes are `connector.sync`'s EXIT_* (the README's "Operations")."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    stop = StopSwitch()
+    with interruptible(stop) as received, quiet_full_disk():
+        code = sync(args, stop)
+    return EXIT_SIGNAL_BASE + received[0] if received else code
+
+
+@contextlib.contextmanager
+def interruptible(stop: StopSwitch) -> Iterator[list[int]]:
+    """SIGINT and SIGTERM stop the run's requests; it loads what it read and says so in its summary.
+
+    Yields the signals received. A second signal ends the process at once, as a kill would
+    (the next run finishes what it left).
+    """
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if received:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        received.append(signum)
+        name = signal.Signals(signum).name
+        stop.trip(INTERRUPTED, f"{name} received", signum)
+        os.write(  # not print: the main thread may be inside a print when the signal lands
+            sys.stderr.fileno(),
+            f"codat-sync: {name} received: no more requests; loading what was read "
+            f"(send {name} again to stop at once)\n".encode(),
+        )
+
+    previous = {number: signal.signal(number, interrupt) for number in INTERRUPTING}
+    try:
+        yield received
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+class _QuietFullDisk(logging.Filter):
+    """Drops dlt's records of a full disk (a traceback per retried load job): the run says it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and full_disk_path(error) is not None:
+            return False
+        return not any(text in record.getMessage() for text in DISK_FULL_TEXTS)
+
+
+@contextlib.contextmanager
+def quiet_full_disk() -> Iterator[None]:
+    """Hold dlt's own words on a full disk back for the command's run."""
+    quiet = _QuietFullDisk()
+    dlt_logger = logging.getLogger("dlt")
+    dlt_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        dlt_logger.removeFilter(quiet)
+
+
+def sync(args: argparse.Namespace, stop: StopSwitch) -> int:
+    """One run as the command line asks for it, `stop` tripped on a signal; its exit code."""
     pipelines_dir = args.pipelines_dir or get_dlt_pipelines_dir()
     try:
         with pipeline_lock(pipelines_dir, args.pipeline_name):
             pipeline = make_pipeline(args)
-            summary = run_sync(pipeline, full_refresh=args.full_refresh, **source_options(args))
+            summary = run_sync(pipeline, full_refresh=args.full_refresh, stop=stop, **source_options(args))
     except ConfigFieldMissingException as exc:
         return fail(
             f"missing configuration: {', '.join(exc.fields)}. Set SOURCES__CODAT__API_KEY "
@@ -179,8 +250,21 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc))
     except (PipelineStepFailed, CodatApiError, InvalidOption) as exc:
         return fail(*describe(exc))
+    except (DestinationException, duckdb.Error) as exc:  # the DuckDB file taken mid-run, between steps
+        if (problem := duckdb_lock_problem(exc)) is None:
+            raise
+        return fail(problem, EXIT_BUSY)
+    except OSError as exc:  # before the run's steps: its lock file, dlt's working folder
+        if (path := full_disk_path(exc)) is None:
+            raise
+        places = {"dlt's working folder": Path(pipelines_dir), "the DuckDB file": Path(args.duckdb_file)}
+        return fail(
+            f"{DISK_FULL}: {describe_full_disk(path, places)}; free space there and run again", EXIT_DISK_FULL
+        )
     for line in summary.lines():
         print(line)
+    if summary.stopped is not None and summary.stopped.kind == DISK_FULL:
+        fail(f"{summary.stopped}; free space there and run again")
     return summary.exit_code(strict=args.strict)
 
 
@@ -200,13 +284,13 @@ def coercion_problem(exc: ConfigValueCannotBeCoercedException) -> str:
 
 def describe(exc: BaseException) -> tuple[str, int]:
     """The innermost useful message of a failed step (dlt wraps source errors twice), and its exit code."""
+    if (problem := duckdb_lock_problem(exc)) is not None:
+        return problem, EXIT_BUSY
     while isinstance(exc, PipelineStepFailed) and exc.__cause__ is not None:
         exc = exc.__cause__
     for error in (exc, exc.__cause__, exc.__context__):
         if isinstance(error, CodatApiError):
             return str(error), api_exit_code(error)
-        if isinstance(error, duckdb.IOException) and "lock" in str(error):
-            return duckdb_problem(None, error), EXIT_BUSY
         if isinstance(error, ConfigValueCannotBeCoercedException):
             return coercion_problem(error), EXIT_BAD_INPUT
         if isinstance(error, InvalidOption):

@@ -26,16 +26,25 @@ from connector.defaults import (
     DEFAULT_BASE_URL,
     DEFAULT_BREAKER_FAILURES,
     DEFAULT_BREAKER_SECONDS,
+    DEFAULT_BREAKER_SILENCE,
+    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IN_FLIGHT_PER_COMPANY,
     DEFAULT_LIST_PAGE_SIZE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_RETRY_WAIT,
     DEFAULT_RATE_WINDOW,
+    DEFAULT_READ_TIMEOUT,
     DEFAULT_REQUESTS_PER_MINUTE,
-    DEFAULT_TIMEOUT,
 )
 from connector.errors import CodatApiError, InvalidOption, RunStopped
-from connector.pacing import CircuitBreaker, PacedAdapter, Pacer, company_of, retry_after_seconds
+from connector.pacing import (
+    CircuitBreaker,
+    PacedAdapter,
+    Pacer,
+    StopSwitch,
+    company_of,
+    retry_after_seconds,
+)
 from connector.paging import CodatPaginator, TotalResultsPaginator
 from connector.records import Json
 
@@ -44,6 +53,7 @@ logger = logging.getLogger(__name__)
 NOTED_WAIT = 5.0  # seconds: a Retry-After this long is logged, so a waiting run is not silent
 RETRY_STATUSES = tuple(range(500, 600))  # and 429, when its Retry-After is short enough to wait
 CONNECTION_POOL_SIZE = 64
+DOT_SEGMENTS = (".", "..")  # RFC 3986 5.2.4: path segments a URL normaliser removes
 
 
 @configspec
@@ -135,7 +145,9 @@ class CodatClient:
     company in `requests`, so a run can report what it spent. Two things stop every request
     not yet sent (`stopped`), so a run ends soon and leaves the rest to the next one: a `429`
     asking to wait longer than `max_retry_wait` (a spent daily quota), and the circuit
-    breaker, open after `breaker_failures` attempts in a row without an answer or with a `5xx`.
+    breaker, open after `breaker_failures` attempts in a row without an answer or with a `5xx`,
+    or after `breaker_silence` seconds without any answer while attempts fail. An attempt
+    waits at most `connect_timeout` for its connection and `read_timeout` for its answer.
 
     Args:
         api_key: The Codat API key.
@@ -143,13 +155,16 @@ class CodatClient:
         max_attempts: Attempts per request on `429`, `5xx` and dropped connections.
         backoff_factor: Multiplier of the exponential backoff between attempts.
         max_retry_wait: The longest wait before a retry, `Retry-After` included.
-        timeout: Seconds to wait for an answer.
+        connect_timeout: Seconds to wait for a connection to the API.
+        read_timeout: Seconds to wait for an answer (for its first byte, or the next one).
         requests_per_minute: Requests allowed in any `rate_window` seconds; None for no pacing.
         rate_window: The length of that window in seconds (Codat: 60).
         rate_burst: Requests the token bucket lets go at once; None: a tenth of the limit.
         in_flight_per_company: Requests in flight per company, 1 to 10.
         breaker_failures: Failed attempts in a row (no answer, or a `5xx`) that stop the run...
         breaker_seconds: ... once they have gone on this long.
+        breaker_silence: Seconds without any answer that stop the run when an attempt fails.
+        stop: The run's switch that stops its requests; a new one by default.
     """
 
     def __init__(
@@ -159,13 +174,16 @@ class CodatClient:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
         max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
-        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
         requests_per_minute: int | None = DEFAULT_REQUESTS_PER_MINUTE,
         rate_window: float = DEFAULT_RATE_WINDOW,
         in_flight_per_company: int = DEFAULT_IN_FLIGHT_PER_COMPANY,
         rate_burst: int | None = None,
         breaker_failures: int = DEFAULT_BREAKER_FAILURES,
         breaker_seconds: float = DEFAULT_BREAKER_SECONDS,
+        breaker_silence: float = DEFAULT_BREAKER_SILENCE,
+        stop: StopSwitch | None = None,
     ) -> None:
         if not api_key:
             raise InvalidOption(
@@ -175,10 +193,10 @@ class CodatClient:
         self.requests = RequestCounter()
         self.base_url = base_url.rstrip("/")
         self.max_retry_wait = max_retry_wait
-        breaker = CircuitBreaker(breaker_failures, breaker_seconds)
-        self.pacer = Pacer(requests_per_minute, rate_window, in_flight_per_company, rate_burst, breaker)
+        breaker = CircuitBreaker(breaker_failures, breaker_seconds, breaker_silence)
+        self.pacer = Pacer(requests_per_minute, rate_window, in_flight_per_company, rate_burst, breaker, stop)
         session = Client(
-            request_timeout=timeout,
+            request_timeout=(connect_timeout, read_timeout),
             raise_for_status=False,
             status_codes=RETRY_STATUSES,
             retry_condition=self._retry_429,
@@ -404,11 +422,17 @@ def _api_errors(operation: str, company_id: str | None) -> Iterator[None]:
             operation, company_id, exc.status, exc.error, exc.correlation_id, exc.retry_after
         ) from None
     except RunStopped as exc:
-        raise CodatApiError(operation, company_id, None, str(exc), stopped=exc.kind) from None
+        raise CodatApiError(operation, company_id, None, str(exc), stopped=exc) from None
     except (ChunkedEncodingError, OSError) as exc:
         raise CodatApiError(operation, company_id, None, f"{type(exc).__name__}: {exc}") from None
 
 
 def seg(value: str) -> str:
-    """Encode an id as exactly one URL path segment (customer ids may hold `/`, `?`, `#`, ...)."""
-    return quote(value, safe="")
+    """Encode an id as exactly one URL path segment that the server decodes back to the id.
+
+    `quote` escapes `/`, `?`, `#`, `%`, spaces and non-ASCII; an id `.` or `..` would still be a
+    dot segment, which URL normalisers remove, so its dots go as `%2E` (kept on the wire by
+    `PacedAdapter.send`).
+    """
+    encoded = quote(value, safe="")
+    return encoded.replace(".", "%2E") if encoded in DOT_SEGMENTS else encoded

@@ -20,10 +20,16 @@ DEFAULT_QUOTA_RESERVE = 100  # daily requests left alone by attachment listings,
 # -- retries and stopping --------------------------------------------------------------------
 DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_BACKOFF_FACTOR = 1.0
-DEFAULT_TIMEOUT = 60.0  # seconds to wait for an answer
+DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds to open a connection (TCP and TLS)
+# Seconds without a byte of an answer. The slowest ordinary answer is a page of 5,000 customers
+# (4 MB of JSON): a few seconds for Codat to build; the body's transfer does not count, only a stall.
+DEFAULT_READ_TIMEOUT = 30.0
 DEFAULT_MAX_RETRY_WAIT = 60.0  # a 429 asking to wait longer is final (a spent daily quota)
 DEFAULT_BREAKER_FAILURES = 10  # attempts in a row without an answer (or with a 5xx) open the breaker
 DEFAULT_BREAKER_SECONDS = 10.0  # ... once they have gone on this long (a blip of errors does not)
+# Seconds without any answer, while attempts fail, that open the breaker too. Above the read
+# timeout, so one slow answer is retried; a request never answered stops at 30 + 1 + 30 = 61 s.
+DEFAULT_BREAKER_SILENCE = 40.0
 
 # -- attachment files ------------------------------------------------------------------------
 DEFAULT_FILES_URL = "codat_files"

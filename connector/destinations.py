@@ -8,10 +8,17 @@ from typing import Any
 
 import dlt
 import duckdb
-from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
+from dlt.destinations.impl.duckdb.configuration import NON_ATTACHABLE_LOCATIONS, DuckDbCredentials
 
 from connector.defaults import DEFAULT_DUCKDB_MEMORY_LIMIT
-from connector.errors import DestinationLocked, DestinationUnusable
+from connector.errors import DestinationLocked, DestinationUnusable, error_chain
+
+DUCKDB = "dlt.destinations.duckdb"
+POSTGRES = "dlt.destinations.postgres"
+# DuckDB's words when another process has the file open: "... Conflicting lock is held in
+# /usr/bin/duckdb (PID 1234) ...", and a hint at read-only mode when that process is a reader.
+_LOCK_HELD = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
+_HOLDER_READS = "open this database in read-only mode"
 
 
 def duckdb_file(path: str | Path) -> Path:
@@ -55,11 +62,12 @@ def duckdb_problem(path: Path | None, exc: BaseException) -> str:
     if path is None:
         named = re.search(r'file "([^"]+)"', text)
         path = Path(named.group(1)) if named else Path("?")
-    holder = re.search(r"lock is held in (.+?) \(PID (\d+)\)", text)
+    holder = _LOCK_HELD.search(text)
     if holder:
+        how = "read-only" if _HOLDER_READS in text else "for writing"
         return (
             f"the DuckDB file {path} is locked by pid {holder.group(2)} ({holder.group(1)}), which has "
-            "it open for writing; close that session (or open it with read_only=True) and run again"
+            f"it open {how}; close that session and run again"
         )
     return f"cannot open the DuckDB file {path}: {text.splitlines()[0] if text else type(exc).__name__}"
 
@@ -96,8 +104,40 @@ def check_destination(pipeline: dlt.Pipeline) -> None:
         DestinationLocked: Another process holds the file.
         DestinationUnusable: The file cannot be opened.
     """
-    credentials = pipeline.destination.config_params.get("credentials")
-    if isinstance(credentials, DuckDbCredentials) and credentials.database:
-        check_duckdb_file(Path(credentials.database))
-    elif pipeline.destination.destination_name == "duckdb" and isinstance(credentials, str | Path):
-        check_duckdb_file(Path(credentials))
+    path = duckdb_path(pipeline)
+    if path is not None:
+        check_duckdb_file(path)
+
+
+def duckdb_path(pipeline: dlt.Pipeline) -> Path | None:
+    """The DuckDB file the pipeline loads, as dlt resolves it; None for other destinations or no file."""
+    if pipeline.destination is None or pipeline.destination.destination_type != DUCKDB:
+        return None
+    credentials = pipeline.destination_client().config.credentials
+    database = getattr(credentials, "database", None)
+    if not isinstance(database, str) or not database or database in NON_ATTACHABLE_LOCATIONS:
+        return None  # a connection handed over in-process, not a file
+    return Path(database)
+
+
+def is_postgres(pipeline: dlt.Pipeline) -> bool:
+    """Whether the pipeline loads into PostgreSQL."""
+    return pipeline.destination is not None and pipeline.destination.destination_type == POSTGRES
+
+
+def duckdb_lock_problem(exc: BaseException) -> str | None:
+    """One line on DuckDB's "another process has the file open", found anywhere in an error's chain.
+
+    dlt opens the file anew at each step, and wraps DuckDB's `IOException` when it cannot: a SQL
+    client that fails to open raises `DestinationConnectionError` (the `IOException` its context
+    and `inner_exc`), which is the cause of a `PipelineStepFailed` at step `sync` (the state
+    restore) or `load`; the connector's own queries let it through bare. Where a wrapper kept only
+    DuckDB's text, the text is read.
+
+    Returns:
+        The message `duckdb_problem` makes of it, or None when DuckDB's lock is not the cause.
+    """
+    errors = list(error_chain(exc))
+    found = [e for e in errors if _LOCK_HELD.search(str(e))]
+    found.sort(key=lambda e: not isinstance(e, duckdb.Error))  # DuckDB's own error, if it is still there
+    return duckdb_problem(None, found[0]) if found else None

@@ -8,6 +8,9 @@ before they leave the client.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 
 class CodatError(Exception):
     """Base class of the connector's errors."""
@@ -28,7 +31,7 @@ class CodatApiError(CodatError):
         error: str,
         correlation_id: str | None = None,
         retry_after: float | None = None,
-        stopped: str | None = None,
+        stopped: RunStopped | None = None,
     ) -> None:
         self.operation = operation
         self.company_id = company_id
@@ -36,22 +39,23 @@ class CodatApiError(CodatError):
         self.error = error
         self.correlation_id = correlation_id
         self.retry_after = retry_after
-        self.stopped = stopped  # why the run sent no more requests (`connector.pacing`), if so
+        self.stopped = stopped  # why the run sent no more requests, if so
         where = f" for company {company_id}" if company_id else ""
-        status_text = f"HTTP {status}" if status else "not sent" if stopped else "no answer"
+        status_text = f"HTTP {status}" if status else "stopped" if stopped else "no answer"
         cid = f" (correlationId {correlation_id})" if correlation_id else ""
         super().__init__(f"{operation}{where} failed: {status_text}: {error}{cid}")
 
 
 class RunStopped(CodatError):
-    """No more requests in this run: the API is unreachable, or the daily quota is spent.
+    """No more requests in this run: the API is unreachable, the daily quota is spent, or a signal came.
 
     Not a `requests` exception, so dlt's retrying session gives it up at once.
     """
 
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, kind: str, detail: str, signum: int | None = None) -> None:
         self.kind = kind
         self.detail = detail
+        self.signum = signum  # the signal that interrupted the run, if one did
         super().__init__(f"{kind}: {detail}")
 
 
@@ -73,3 +77,21 @@ class DestinationUnusable(CodatError):
 
 class DestinationLocked(DestinationUnusable):
     """Another process holds the DuckDB file."""
+
+
+def error_chain(exc: BaseException) -> Iterator[BaseException]:
+    """The error and every error behind it, each once.
+
+    Behind it are its cause and context, and what dlt's wrappers keep as attributes
+    (`inner_exc`, `exception`).
+    """
+    seen: set[int] = set()
+    waiting: list[Any] = [exc]
+    while waiting:
+        error = waiting.pop(0)
+        if not isinstance(error, BaseException) or id(error) in seen:
+            continue
+        seen.add(id(error))
+        yield error
+        waiting += [error.__cause__, error.__context__]
+        waiting += [getattr(error, name, None) for name in ("inner_exc", "exception")]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import fsspec
 
+from connector.disk import describe_full_disk, full_disk_path
 from connector.errors import InvalidOption
+from connector.pacing import DISK_FULL
 from connector.records import Json
 
 if TYPE_CHECKING:
@@ -44,7 +48,11 @@ class FileStore:
         return "/".join([self.root.rstrip("/"), *(safe_segment(str(p)) for p in parts)])
 
     def fetch(self, client: CodatClient, row: Json, report: RunReport) -> Json:
-        """Download the row's file unless it is too large or already stored unchanged."""
+        """Download the row's file unless it is too large or already stored unchanged.
+
+        Raises:
+            RunStopped: The files folder is full: the run sends no more requests.
+        """
         path = self.path_for(row)
         key = path.removeprefix(self.root.rstrip("/") + "/")
         version = f"{row.get('dateCreated')}|{row.get('fileSize')}"
@@ -62,9 +70,19 @@ class FileStore:
         if len(data) > self.max_size:
             return {**row, "fileStatus": "too_large"}
         digest = hashlib.sha256(data).hexdigest()
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        self.fs.pipe_file(path + ".part", data)
-        self.fs.mv(path + ".part", path)
+        try:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.pipe_file(path + ".part", data)
+            self.fs.mv(path + ".part", path)
+        except OSError as exc:
+            if full_disk_path(exc) is None:
+                raise
+            with contextlib.suppress(OSError):  # the part written before the disk filled
+                self.fs.rm(path + ".part")
+            # No more downloads (nor requests) in this run: the listing waits for the next.
+            folder = {"the attachment files folder": Path(self.root)}
+            client.pacer.stop.trip(DISK_FULL, describe_full_disk(str(exc.filename or path), folder))
+            client.pacer.stop.check()
         with self._lock:
             self.index[key] = {"version": version, "sha256": digest}
         report.company(row["companyId"]).files_downloaded += 1

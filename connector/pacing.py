@@ -20,6 +20,7 @@ from requests.exceptions import Timeout
 from connector.defaults import (
     DEFAULT_BREAKER_FAILURES,
     DEFAULT_BREAKER_SECONDS,
+    DEFAULT_BREAKER_SILENCE,
     DEFAULT_IN_FLIGHT_PER_COMPANY,
     DEFAULT_RATE_WINDOW,
     DEFAULT_REQUESTS_PER_MINUTE,
@@ -32,6 +33,8 @@ SEND_JITTER = 0.25  # seconds a request may take from leaving its turn to being 
 # Why a run stops sending requests before its work is done.
 API_UNREACHABLE = "API unreachable"
 QUOTA_SPENT = "daily quota spent"
+INTERRUPTED = "interrupted"  # SIGINT or SIGTERM (`connector.cli`): what was read is loaded
+DISK_FULL = "disk full"  # a write of the run found no space (`connector.disk`)
 
 
 def company_of(url: str) -> str | None:
@@ -185,31 +188,37 @@ class StopSwitch:
         self._lock = threading.Lock()
         self.reason: RunStopped | None = None
 
-    def trip(self, kind: str, detail: str) -> None:
-        """Stop every request not yet sent."""
+    def trip(self, kind: str, detail: str, signum: int | None = None) -> None:
+        """Stop every request not yet sent (`signum`: the signal that asked for it)."""
         with self._lock:
             if self.reason is None:
-                self.reason = RunStopped(kind, detail)
+                self.reason = RunStopped(kind, detail, signum)
 
     def check(self) -> None:
         """Raise the reason if the switch is tripped."""
         if self.reason is not None:
-            raise RunStopped(self.reason.kind, self.reason.detail)
+            raise RunStopped(self.reason.kind, self.reason.detail, self.reason.signum)
 
 
 class CircuitBreaker:
-    """Opens once `failures` attempts in a row failed over at least `seconds`.
+    """Opens when the API stops answering: too many failures in a row, or too long a silence.
 
     A failure is an attempt without an answer (refused, reset, timed out) or with a `5xx`; any
-    other answer ends the streak. Counting is shared by every thread of the run, so a dead API
-    opens it within `seconds` and a few retries, whoever sends them; the time bound keeps a
-    burst of errors across many parallel requests (a blip the retries ride out) from opening it.
+    other answer ends the streak. The breaker opens at a failure when either
+    - `failures` attempts in a row failed over at least `seconds` (a dead API, failing fast), or
+    - the API has answered nothing, not even a `5xx`, for `silence` seconds (a silent API,
+      failing one read timeout at a time). Silence counts from the last answer, or from the
+      next attempt if the run asked nothing meanwhile: time the run spends not asking (reading
+      a page, loading) is not the API's silence, but a retry's backoff is.
+    Counting is shared by every thread of the run, whoever sends the attempts; the time bounds
+    keep a blip (a burst of errors across parallel requests, one slow answer) from opening it.
     """
 
     def __init__(
         self,
         failures: int = DEFAULT_BREAKER_FAILURES,
         seconds: float = DEFAULT_BREAKER_SECONDS,
+        silence: float = DEFAULT_BREAKER_SILENCE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if failures < 1 or seconds < 0:
@@ -217,28 +226,52 @@ class CircuitBreaker:
                 "breaker_failures must be at least 1 and breaker_seconds at least 0; "
                 f"got {failures} and {seconds}"
             )
+        if not silence > 0:
+            raise InvalidOption(f"breaker_silence must be above 0 seconds; got {silence}")
         self.failures = failures
         self.seconds = seconds
+        self.silence = silence
         self._clock = clock
         self._lock = threading.Lock()
         self._streak = 0
         self._since = 0.0
+        self._waiting = 0  # attempts sent and not answered yet
+        self._quiet_since = clock()  # when the current silence began
+
+    @contextlib.contextmanager
+    def attempt(self) -> Iterator[None]:
+        """One attempt waiting for its answer (or for its failure)."""
+        with self._lock:
+            if self._waiting == 0 and self._streak == 0:
+                self._quiet_since = self._clock()  # nothing was asked since the last answer
+            self._waiting += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
     def answered(self) -> None:
         """An attempt got an answer that is not a server error."""
         with self._lock:
             self._streak = 0
+            self._quiet_since = self._clock()
 
-    def failed(self) -> str | None:
-        """Count a failed attempt; returns why the breaker opens, if it does now."""
+    def failed(self, answered: bool = False) -> str | None:
+        """Count a failed attempt (`answered`: a `5xx`); returns why the breaker opens, if it does now."""
         with self._lock:
             now = self._clock()
             if self._streak == 0:
                 self._since = now
             self._streak += 1
-            lasted = now - self._since
+            if answered:
+                self._quiet_since = now
+            lasted, silent = now - self._since, now - self._quiet_since
             if self._streak >= self.failures and lasted >= self.seconds:
                 return f"{self._streak} attempts in a row failed over {lasted:.0f} s"
+            if silent >= self.silence:
+                attempts = "1 attempt" if self._streak == 1 else f"{self._streak} attempts"
+                return f"no answer for {silent:.0f} s while {attempts} failed"
             return None
 
 
@@ -251,6 +284,8 @@ class Pacer:
         rate_burst: Requests the token bucket lets go at once; None: a tenth of the limit.
         in_flight_per_company: Requests in flight per company, 1 to 10.
         breaker: Stops the run's requests when the API stops answering.
+        stop: The run's switch that stops its requests (the command line trips it on a signal);
+            a new one by default.
     """
 
     def __init__(
@@ -260,16 +295,17 @@ class Pacer:
         in_flight_per_company: int = DEFAULT_IN_FLIGHT_PER_COMPANY,
         rate_burst: int | None = None,
         breaker: CircuitBreaker | None = None,
+        stop: StopSwitch | None = None,
     ) -> None:
         self.gate = RateGate(requests_per_minute, rate_window, rate_burst) if requests_per_minute else None
         self.slots = CompanySlots(in_flight_per_company)
         self.quota = QuotaWatch()
         self.breaker = breaker or CircuitBreaker()
-        self.stop = StopSwitch()
+        self.stop = stop or StopSwitch()
 
-    def failed(self, detail: str) -> None:
-        """An attempt got no answer or a `5xx`: the breaker may open and stop the run."""
-        opened = self.breaker.failed()
+    def failed(self, detail: str, answered: bool = False) -> None:
+        """An attempt got no answer or (`answered`) a `5xx`: the breaker may open and stop the run."""
+        opened = self.breaker.failed(answered)
         if opened is not None:
             self.stop.trip(API_UNREACHABLE, f"{opened}; the last: {detail}")
 
@@ -291,7 +327,8 @@ class PacedAdapter(HTTPAdapter):
     """The transport under dlt's retrying session: every attempt, retries included, is paced.
 
     Each attempt is counted (`on_attempt`, whether or not it gets an answer) and watched by the
-    circuit breaker. `send` raises `RunStopped` instead of sending once the run is stopped.
+    circuit breaker. `send` raises `RunStopped` instead of sending once the run is stopped, and
+    instead of the failure of an attempt after which it is: no backoff before a retry not sent.
     """
 
     def __init__(self, pacer: Pacer, on_attempt: Callable[[str], None], **kwargs: Any) -> None:
@@ -300,19 +337,31 @@ class PacedAdapter(HTTPAdapter):
         self.on_attempt = on_attempt
 
     def send(self, request: PreparedRequest, *args: Any, **kwargs: Any) -> Response:
-        """Send one attempt in its turn, holding the company's slot until its answer's headers."""
-        url = request.url or ""
+        """Send one attempt in its turn, holding the company's slot until its answer's headers.
+
+        Preparing a URL, `requests` removes its dot segments, then decodes `%2E` to `.`: a `.`
+        or `..` segment left is an id that `seg` encoded, and goes out as `%2E` again, so that
+        neither urllib3 (through a proxy) nor the server removes it.
+        """
+        head, mark, query = (request.url or "").partition("?")
+        parts = ["%2E" * len(part) if part in (".", "..") else part for part in head.split("/")]
+        url = request.url = "/".join(parts) + mark + query
         self.pacer.stop.check()
         with self.pacer.turn(url):
             self.pacer.stop.check()  # it may have tripped while this attempt waited its turn
             self.on_attempt(url)
-            try:
-                response = super().send(request, *args, **kwargs)
-            except (RequestsConnectionError, Timeout) as exc:
-                self.pacer.failed(type(exc).__name__)
-                raise
+            with self.pacer.breaker.attempt():
+                try:
+                    response = super().send(request, *args, **kwargs)
+                except (RequestsConnectionError, Timeout) as exc:
+                    self.pacer.failed(type(exc).__name__)
+                    self.pacer.stop.check()
+                    raise
         if response.status_code >= 500:
-            self.pacer.failed(f"HTTP {response.status_code}")
+            self.pacer.failed(f"HTTP {response.status_code}", answered=True)
+            if self.pacer.stop.reason is not None:
+                response.close()
+                self.pacer.stop.check()
         else:
             self.pacer.breaker.answered()
         return response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from functools import cache
 from typing import Any
@@ -21,6 +22,8 @@ from connector.defaults import (
     DEFAULT_BASE_URL,
     DEFAULT_BREAKER_FAILURES,
     DEFAULT_BREAKER_SECONDS,
+    DEFAULT_BREAKER_SILENCE,
+    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_FILES_URL,
     DEFAULT_IN_FLIGHT_PER_COMPANY,
     DEFAULT_MAX_ATTEMPTS,
@@ -29,6 +32,7 @@ from connector.defaults import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_QUOTA_RESERVE,
     DEFAULT_RATE_WINDOW,
+    DEFAULT_READ_TIMEOUT,
     DEFAULT_REQUESTS_PER_MINUTE,
 )
 from connector.errors import CodatApiError, InvalidOption
@@ -107,8 +111,11 @@ def codat_source(
     until: str | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
     breaker_failures: int = DEFAULT_BREAKER_FAILURES,
     breaker_seconds: float = DEFAULT_BREAKER_SECONDS,
+    breaker_silence: float = DEFAULT_BREAKER_SILENCE,
     shards: int = 1,
     shard: int = 0,
     report: RunReport | None = None,
@@ -144,13 +151,20 @@ def codat_source(
         until: Backfill: load customers modified before this instant (cursors untouched).
         max_attempts: Attempts per request on `429`, `5xx` and dropped connections.
         backoff_factor: Multiplier of the exponential backoff between attempts.
+        connect_timeout: Seconds an attempt waits for its connection to the API.
+        read_timeout: Seconds an attempt waits for its answer (the first byte, or the next:
+            a large body that keeps coming is not cut); sized for a page of 5,000 customers.
         breaker_failures: Attempts in a row without an answer (or with a `5xx`) after which
             the run sends no more requests: the API is unreachable, the rest waits.
         breaker_seconds: ... once those failures have gone on for this many seconds.
+        breaker_silence: Seconds without any answer from the API after which a failed attempt
+            stops the run too (a silent API); more than `read_timeout`, so that one slow
+            answer is retried.
         shards: Split the account's companies into this many shards (`connector.shards`);
             1: no split.
         shard: Sync only the companies of this shard, 0 to `shards` - 1.
-        report: Collects each company's outcome for `sync_status`; a fresh one by default.
+        report: Collects each company's outcome for `sync_status`, and holds the switch that
+            stops the run's requests; a fresh one by default.
 
     Returns:
         The resources `companies`, `connections`, `customers` and `customer_attachments`.
@@ -167,22 +181,26 @@ def codat_source(
         max_retry_wait=max_retry_wait,
         backoff_factor=backoff_factor,
     )
+    _check_timeouts(connect_timeout, read_timeout, breaker_silence)
+    run_report = report if report is not None else RunReport()
     client = CodatClient(
         api_key,
         base_url,
         max_attempts=max_attempts,
         backoff_factor=backoff_factor,
         max_retry_wait=max_retry_wait,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
         requests_per_minute=requests_per_minute,
         rate_window=rate_window,
         rate_burst=rate_burst,
         in_flight_per_company=attachment_concurrency,
         breaker_failures=breaker_failures,
         breaker_seconds=breaker_seconds,
+        breaker_silence=breaker_silence,
+        stop=run_report.stop,  # the caller's (the command line trips it on a signal)
     )
-    run_report = report if report is not None else RunReport()
     run_report.requests = client.requests
-    run_report.stop = client.pacer.stop
 
     def in_shard(company_id: str) -> bool:
         return shards == 1 or shard_of(company_id, shards) == shard
@@ -352,6 +370,18 @@ def _check_not_negative(**values: float) -> None:
     for name, value in values.items():
         if value < 0:
             raise InvalidOption(f"{setting(name)} must be 0 or more; got {value}")
+
+
+def _check_timeouts(connect_timeout: float, read_timeout: float, breaker_silence: float) -> None:
+    """Refuse a wait that never ends or cannot start, and a silence one slow answer would break."""
+    for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+        if not 0 < value < math.inf:
+            raise InvalidOption(f"{setting(name)} must be a number of seconds above 0; got {value}")
+    if not read_timeout < breaker_silence < math.inf:
+        raise InvalidOption(
+            f"{setting('breaker_silence')} must be more than read_timeout ({read_timeout} s), "
+            f"so that one slow answer is retried; got {breaker_silence}"
+        )
 
 
 def _window(since: str | None, until: str | None) -> tuple[Any, Any]:

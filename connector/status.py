@@ -9,7 +9,7 @@ from typing import Any
 
 from connector.client import RequestCounter
 from connector.errors import CodatApiError, RunStopped
-from connector.pacing import API_UNREACHABLE, QUOTA_SPENT, StopSwitch
+from connector.pacing import API_UNREACHABLE, DISK_FULL, INTERRUPTED, QUOTA_SPENT, StopSwitch
 
 OK = "ok"
 UNCHANGED = "unchanged"
@@ -17,7 +17,12 @@ SKIPPED = "skipped"
 NOT_READY = "not_ready"  # Codat has not read the company's customers yet (409): not an error
 FAILED = "failed"
 # The run stopped sending requests before this company was done; the next run goes on.
-STOPPED_STATUSES = {API_UNREACHABLE: "api_unreachable", QUOTA_SPENT: "quota_spent"}
+STOPPED_STATUSES = {
+    API_UNREACHABLE: "api_unreachable",
+    QUOTA_SPENT: "quota_spent",
+    INTERRUPTED: "interrupted",
+    DISK_FULL: "disk_full",
+}
 STATUSES = (OK, UNCHANGED, SKIPPED, NOT_READY, FAILED, *STOPPED_STATUSES.values())  # summary order
 
 
@@ -75,7 +80,7 @@ class RunReport:
     run_started: datetime = field(default_factory=lambda: datetime.now(UTC))
     companies: dict[str, CompanyReport] = field(default_factory=dict)
     requests: RequestCounter = field(default_factory=RequestCounter)
-    stop: StopSwitch = field(default_factory=StopSwitch)  # the client's: why requests stopped
+    stop: StopSwitch = field(default_factory=StopSwitch)  # the client's: why its requests stopped
     quota_low: RunStopped | None = None  # attachment listings stopped at the quota's reserve
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,12 +16,15 @@ from dlt.common.destination import TLoaderFileFormat
 from dlt.common.destination.exceptions import SqlClientNotAvailable
 from dlt.common.schema.typing import TTableSchemaColumns
 from dlt.destinations.exceptions import DatabaseException
+from dlt.sources import DltSource
 
 from connector.batches import CHILD_TABLES
-from connector.destinations import check_destination, describe_destination
+from connector.defaults import DEFAULT_FILES_URL
+from connector.destinations import check_destination, describe_destination, duckdb_path
+from connector.disk import describe_full_disk, full_disk_path
 from connector.errors import RunStopped
-from connector.lock import lock_path, pipeline_lock
-from connector.pacing import API_UNREACHABLE
+from connector.lock import destination_lock, lock_path, pipeline_lock
+from connector.pacing import API_UNREACHABLE, DISK_FULL, INTERRUPTED, QUOTA_SPENT, StopSwitch
 from connector.packages import finish_archiving
 from connector.source import codat_source
 from connector.status import FAILED, NOT_READY, OK, STATUSES, RunReport
@@ -51,11 +55,16 @@ EXIT_BAD_INPUT = 2  # bad options, configuration or destination: nothing was syn
 EXIT_API_UNREACHABLE = 3  # the API stopped answering; what is left waits for the next run
 EXIT_QUOTA_SPENT = 4  # Codat's daily quota is spent; the next run resumes
 EXIT_BUSY = 5  # another run holds the pipeline, or another process the DuckDB file
+EXIT_DISK_FULL = 6  # a write found no space; what was read is loaded by the next run
+EXIT_SIGNAL_BASE = 128  # interrupted by a signal: 130 for SIGINT, 143 for SIGTERM, as shells say
 
 
-def stop_exit_code(kind: str) -> int:
-    """The exit code of a run stopped early, by its kind (`connector.pacing`)."""
-    return EXIT_API_UNREACHABLE if kind == API_UNREACHABLE else EXIT_QUOTA_SPENT
+def stop_exit_code(stopped: RunStopped) -> int:
+    """The exit code of a run stopped early, by why (`connector.pacing`): a signal's is 128 + its number."""
+    if stopped.kind == INTERRUPTED:
+        return EXIT_SIGNAL_BASE + (stopped.signum or signal.SIGINT)
+    codes = {API_UNREACHABLE: EXIT_API_UNREACHABLE, QUOTA_SPENT: EXIT_QUOTA_SPENT, DISK_FULL: EXIT_DISK_FULL}
+    return codes[stopped.kind]
 
 
 @dataclass
@@ -73,6 +82,8 @@ class SyncSummary:
     seconds: float
     load_id: str | None
     customers_already_deleted: int = 0  # first loaded already deleted
+    customers_not_loaded: int = 0  # read, but the run stopped before loading them (a full disk)
+    kept_for_next_run: bool = False  # ... and extracted them: the next run loads them first
     attachment_listings: int = 0  # listings made, one per customer and accounting connection
     views: list[str] = field(default_factory=list)
     status_rows: list[dict[str, Any]] = field(default_factory=list)
@@ -92,21 +103,29 @@ class SyncSummary:
     def exit_code(self, strict: bool = False) -> int:
         """The command's exit status: the gravest way this run ended."""
         if self.stopped is not None:
-            return stop_exit_code(self.stopped.kind)
+            return stop_exit_code(self.stopped)
         if self.quota_low is not None:
             return EXIT_QUOTA_SPENT
         not_ready = any(row["status"] == NOT_READY for row in self.status_rows)
         return EXIT_COMPANY_FAILED if self.failed or (strict and not_ready) else EXIT_OK
 
+    def _customers_line(self) -> str:
+        if self.customers_not_loaded:
+            then = "loads them first" if self.kept_for_next_run else "reads them again"
+            return f"customers: {self.customers_not_loaded} read and not loaded: the next run {then}"
+        already = self.customers_already_deleted
+        return (
+            f"customers: {self.customers_new} new, {self.customers_updated} updated, "
+            f"{self.customers_deleted} deleted" + (f", {already} loaded already deleted" if already else "")
+        )
+
     def lines(self) -> list[str]:
         """A human summary, one fact per line."""
         counts = _other_statuses(self.status_rows)
-        already = self.customers_already_deleted
         lines = [
             *self.interrupted,
             f"companies: {self.companies} ({len(self.failed)} failed{counts})",
-            f"customers: {self.customers_new} new, {self.customers_updated} updated, "
-            f"{self.customers_deleted} deleted" + (f", {already} loaded already deleted" if already else ""),
+            self._customers_line(),
             f"attachments: {self.attachments} found in {self.attachment_listings} listings, "
             f"{self.files} files downloaded"
             + _deferred_text(self.attachments_deferred, self.deferral_reasons),
@@ -269,16 +288,21 @@ def repair_marker(pipeline: dlt.Pipeline) -> Path:
     return lock_path(pipeline.pipelines_dir, pipeline.pipeline_name).with_suffix(".repair")
 
 
-def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_options: Any) -> SyncSummary:
+def run_sync(
+    pipeline: dlt.Pipeline, full_refresh: bool = False, stop: StopSwitch | None = None, **source_options: Any
+) -> SyncSummary:
     """Sync Codat into the pipeline's destination and record the run in `sync_status`.
 
     One run at a time per pipeline (`connector.lock`). What an interrupted run left is loaded
     first. The run's `sync_status` rows are extracted as soon as its customers are, and so
-    land even if the process dies before loading: the next run loads them.
+    land even if the process dies before loading: the next run loads them. A full disk ends
+    the run as a stop (`DISK_FULL`), not an error: what was read waits for the next run.
 
     Args:
         pipeline: The dlt pipeline (destination and dataset chosen by the caller).
         full_refresh: Drop the source's tables and state first, and load everything again.
+        stop: The switch that stops the run's requests (the command line trips it on SIGINT and
+            SIGTERM); a new one by default.
         **source_options: Passed to `codat_source` (company_ids, since, download_files, ...).
 
     Returns:
@@ -286,19 +310,51 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
 
     Raises:
         PipelineBusy: Another run holds the pipeline.
-        DestinationLocked: Another process holds the DuckDB file.
+        DestinationLocked: Another run holds the destination (or the shard), or another process
+            the DuckDB file.
+        DestinationUnusable: The destination cannot be reached to lock it (PostgreSQL down).
     """
     started = time.monotonic()
-    with pipeline_lock(pipeline.pipelines_dir, pipeline.pipeline_name):
+    with (
+        pipeline_lock(pipeline.pipelines_dir, pipeline.pipeline_name),
+        destination_lock(pipeline, source_options.get("shard"), source_options.get("shards", 1)),
+    ):
         check_destination(pipeline)
-        report = RunReport()
+        report = RunReport(stop=stop or StopSwitch())
         source = codat_source(report=report, **source_options)  # checks its options: no request yet
-        interrupted = finish_interrupted(pipeline)
+        done = RunSteps(shards=source_options.get("shards", 1))
+        try:
+            done.run(pipeline, source, report, full_refresh)
+        except Exception as exc:
+            path = full_disk_path(exc)
+            if path is None:
+                raise
+            report.stop.trip(DISK_FULL, describe_full_disk(path, run_places(pipeline, source_options)))
+        if done.status_rows is None:  # the extract did not get that far
+            report.settle()
+            done.status_rows = report.rows(done.load_id)
+    return summarise(report, done, pipeline, bool(source_options.get("hard_delete")), started)
+
+
+@dataclass
+class RunSteps:
+    """A run's steps after its source is made, and what each left for the summary."""
+
+    shards: int = 1
+    interrupted: list[str] = field(default_factory=list)
+    steps: dict[str, float] = field(default_factory=dict)  # seconds of extract, normalize, load
+    load_id: str | None = None
+    status_rows: list[dict[str, Any]] | None = None
+    counts: tuple[CustomerCounts, CustomerCounts] | None = None  # before and after the load
+    views: list[str] = field(default_factory=list)
+
+    def run(self, pipeline: dlt.Pipeline, source: DltSource, report: RunReport, full_refresh: bool) -> None:
+        """Finish what an interrupted run left, extract, load, prune child rows, make the views."""
+        self.interrupted = finish_interrupted(pipeline)
         repair = repair_marker(pipeline)
-        if interrupted:  # its load jobs may have run twice: repair after this run's load
+        if self.interrupted:  # its load jobs may have run twice: repair after this run's load
             repair.touch()
         detach_child_tables(pipeline)
-        steps: dict[str, float] = {}
         file_format = arrow_file_format(pipeline)
         options: dict[str, Any] = {"loader_file_format": file_format}
         if file_format is not None and "customers" in source.resources:  # dlt sets it on base tables only
@@ -308,43 +364,62 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
                 )
         if full_refresh:
             options["refresh"] = "drop_sources"
-        with _timed(steps, "extract"):
+        with _timed(self.steps, "extract"):
             extracted = pipeline.extract(source, **options)
-            load_id = extracted.loads_ids[-1] if extracted.loads_ids else None
+            self.load_id = extracted.loads_ids[-1] if extracted.loads_ids else None
             # Counted now that the run's companies are known (nothing is loaded yet): a shard
             # counts its own, as other shards may be loading the same tables meanwhile.
-            counted = list(report.companies) if source_options.get("shards", 1) > 1 else None
+            counted = list(report.companies) if self.shards > 1 else None
             before = CustomerCounts() if full_refresh else count_customers(pipeline, counted)
             report.settle()
-            status_rows = report.rows(load_id)
-            if status_rows:
+            self.status_rows = report.rows(self.load_id)
+            if self.status_rows:
                 pipeline.extract(
-                    status_rows,
+                    self.status_rows,
                     table_name="sync_status",
                     write_disposition="merge",
                     primary_key=STATUS_KEY,
                     columns=STATUS_COLUMNS,
                 )
-        with _timed(steps, "normalize"):
+        with _timed(self.steps, "normalize"):
             pipeline.normalize()
-        with _timed(steps, "load"):
+        with _timed(self.steps, "load"):
             pipeline.load()
-        after = count_customers(pipeline, counted)
+        self.counts = (before, count_customers(pipeline, counted))
         prune_child_rows(pipeline, repair=repair.exists(), company_ids=counted)
         repair.unlink(missing_ok=True)
-        views = create_views(pipeline)
+        self.views = create_views(pipeline)
+
+
+def run_places(pipeline: dlt.Pipeline, source_options: dict[str, Any]) -> dict[str, Path]:
+    """Where a run writes, by what each place is: to name the one a full disk is in."""
+    places = {"dlt's working folder": Path(pipeline.working_dir)}
+    database = duckdb_path(pipeline)
+    if database is not None:
+        places["the DuckDB file"] = database
+    if source_options.get("download_files"):
+        places["the attachment files folder"] = Path(source_options.get("files_url") or DEFAULT_FILES_URL)
+    return places
+
+
+def summarise(
+    report: RunReport, done: RunSteps, pipeline: dlt.Pipeline, hard_delete: bool, started: float
+) -> SyncSummary:
+    """The run's summary from its report and what its steps left."""
     outcomes = report.companies.values()
-    loaded = sum(r.customers_loaded for r in outcomes)
+    read = sum(r.customers_loaded for r in outcomes)
     first_deleted = sum(r.customers_deleted for r in outcomes if r.first_load)
-    hard = bool(source_options.get("hard_delete"))
-    if hard:  # deleted customers are removed, not counted in the destination
-        deleted = sum(r.customers_deleted for r in outcomes if not r.first_load)
-        new = max(after.customers - before.customers + deleted, 0)
-        updated = loaded - new - deleted - first_deleted
-    else:
-        deleted = max(after.deleted - before.deleted - first_deleted, 0)
-        new = max(after.customers - before.customers, 0)
-        updated = loaded - new - deleted
+    new = updated = deleted = 0
+    if done.counts is not None:
+        before, after = done.counts
+        if hard_delete:  # deleted customers are removed, not counted in the destination
+            deleted = sum(r.customers_deleted for r in outcomes if not r.first_load)
+            new = max(after.customers - before.customers + deleted, 0)
+            updated = read - new - deleted - first_deleted
+        else:
+            deleted = max(after.deleted - before.deleted - first_deleted, 0)
+            new = max(after.customers - before.customers, 0)
+            updated = read - new - deleted
     return SyncSummary(
         companies=len(report.companies),
         failed=[r.company_id for r in report.failed],
@@ -352,6 +427,8 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
         customers_updated=max(updated, 0),
         customers_deleted=deleted,
         customers_already_deleted=first_deleted,
+        customers_not_loaded=0 if done.counts is not None else read,
+        kept_for_next_run=done.load_id is not None,
         attachments=sum(r.attachments_loaded for r in outcomes),
         attachment_listings=sum(r.attachment_listings for r in outcomes),
         files=sum(r.files_downloaded for r in outcomes),
@@ -359,12 +436,12 @@ def run_sync(pipeline: dlt.Pipeline, full_refresh: bool = False, **source_option
         deferral_reasons=report.deferral_reasons,
         requests=report.requests.total,
         seconds=time.monotonic() - started,
-        load_id=load_id,
-        views=views,
-        status_rows=status_rows,
-        steps=steps,
+        load_id=done.load_id,
+        views=done.views,
+        status_rows=done.status_rows or [],
+        steps=done.steps,
         stopped=report.stop.reason,
         quota_low=report.quota_low,
         destination=describe_destination(pipeline),
-        interrupted=interrupted,
+        interrupted=done.interrupted,
     )

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -121,6 +122,26 @@ def codat_sync(
         timeout=RUN_TIMEOUT,
         check=False,
     )
+
+
+def start_run(dirs: RunDirs, base_url: str) -> subprocess.Popen[str]:
+    """A plain `codat-sync` run started in a child process, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "connector.cli", *dirs.args()],
+        env=run_env(dirs, base_url),
+        cwd=dirs.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_requests(emulator: Emulator, count: int, timeout: float = 60.0) -> None:
+    """Until the emulator has answered `count` requests: a run is well into its extract."""
+    deadline = time.monotonic() + timeout
+    while len(emulator.request_log) < count:
+        assert time.monotonic() < deadline, f"the run made only {len(emulator.request_log)} requests"
+        time.sleep(0.02)
 
 
 # -- reading a warehouse back ------------------------------------------------------------------

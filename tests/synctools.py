@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -145,3 +147,17 @@ def requests_by(emulator: Emulator, operation: str, company_id: str | None = Non
         for e in emulator.request_log
         if e["operation"] == operation and (company_id is None or e["company_id"] == company_id)
     )
+
+
+def hold_duckdb_file(db: Path) -> subprocess.Popen[str]:
+    """Another process with the DuckDB file open for writing, until its stdin is closed (or it is killed)."""
+    hold = "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('open', flush=True); sys.stdin.read()"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == "open\n", "the holder did not open the file"
+    return holder

@@ -1,12 +1,17 @@
-"""Helpers shared by the tests: the repository's paths, the test API key, and HTTP helpers for
-talking to the emulator over loopback. Fixtures live in `conftest.py`."""
+"""Helpers shared by the tests: the repository's paths, the test API key, HTTP helpers for
+talking to the emulator over loopback, and a small filesystem to fill. Fixtures live in `conftest.py`."""
 
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from connector.emulator.store import Sizing
@@ -55,3 +60,29 @@ def assert_error(response: requests.Response, status: int, error: str | None = N
 
 def customers_path(company_id: str) -> str:
     return f"/companies/{company_id}/data/customers"
+
+
+@contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted on `folder` (root only); unmounted afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        reason = f"cannot mount a small filesystem here (needs root): {mounted.stderr.strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def make_room(folder: Path) -> None:
+    """Remount the small filesystem larger, keeping what is on it."""
+    subprocess.run(["mount", "-o", "remount,size=256m", str(folder)], check=True)

@@ -51,6 +51,8 @@ ZIPF_EXPONENT = 1.1
 MIN_COMPANIES_FOR_STATES = 5
 FETCHING_EXTRA_CUSTOMERS = 5
 HOSTILE_ID_EVERY = 61
+DOT_ID_AT = 36  # a dot id replaces the generated id at this index of every 61 (hostile ones: 1)
+HOSTILE_ATTACHMENT_ID_EVERY = 25  # the 3rd of every 25 attachments of a company has a hostile id
 MAX_ATTACHMENT_SIZE = 65_536
 
 NORMAL = "normal"
@@ -203,12 +205,14 @@ def _fill_customers(
     batch = end - int(rng.random() * min(180 * DAY, end - start))
     batch_share = 0.10 + rng.random() * 0.10
     next_id = _id_factory(rng, platform.id_style)
-    hostile = count()
+    hostile, dots = count(), count()
     connection_ids = [c.id for c in company.accounting_connections]
     files = _FileNamer()
     customers = company.customers
     for index in range(size):
-        customer_id = _hostile_id(next(hostile)) if index % HOSTILE_ID_EVERY == 1 else next_id()
+        customer_id = _ranked(n.HOSTILE_IDS, next(hostile)) if index % HOSTILE_ID_EVERY == 1 else next_id()
+        if index % HOSTILE_ID_EVERY == DOT_ID_AT:  # after next_id(), so the rest stays the same
+            customer_id = _ranked(n.DOT_IDS, next(dots))
         while customer_id in customers:
             customer_id = next_id()
         if rng.random() < batch_share:
@@ -230,9 +234,10 @@ def _seconds(stamp: str) -> int:
     return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
 
 
-def _hostile_id(rank: int) -> str:
-    base = n.HOSTILE_IDS[rank % len(n.HOSTILE_IDS)]
-    return base if rank < len(n.HOSTILE_IDS) else f"{base} #{rank}"
+def _ranked(words: tuple[str, ...], rank: int) -> str:
+    """The `rank`-th hostile id: each word as it is, then each with ` #rank`, so ids stay unique."""
+    base = words[rank % len(words)]
+    return base if rank < len(words) else f"{base} #{rank}"
 
 
 def _id_factory(rng: random.Random, style: str) -> Callable[[], str]:
@@ -263,10 +268,18 @@ def _id_factory(rng: random.Random, style: str) -> Callable[[], str]:
 
 
 class _FileNamer:
-    """Names attachments, cycling through every hostile name so each one occurs."""
+    """Names attachments and picks their ids, cycling through every hostile name and id."""
 
     def __init__(self) -> None:
         self.hostile = count()
+        self.made = count()
+
+    def attachment_id(self, drawn: str) -> str:
+        """The next attachment's id: `drawn`, or a hostile one in place of the 3rd of every 25."""
+        index = next(self.made)
+        if index % HOSTILE_ATTACHMENT_ID_EVERY != 2:
+            return drawn
+        return _ranked(n.HOSTILE_ATTACHMENT_IDS, index // HOSTILE_ATTACHMENT_ID_EVERY)
 
     def name(self, rng: random.Random, extension: str) -> str:
         if rng.random() < 0.08:
@@ -288,7 +301,7 @@ def _attachments(rng: random.Random, files: _FileNamer, start: int, end: int) ->
         created = start + int(rng.random() * (end - start))
         attachments.append(
             Attachment(
-                id=uuid_text(rng),
+                id=files.attachment_id(uuid_text(rng)),  # drawn even when replaced: the rest stays the same
                 name=files.name(rng, extension),
                 content_type=content_type,
                 date_created=format_instant(created),

@@ -114,6 +114,8 @@ HOSTILE_IDS = (
     "semi;colon",
     "%2F-already-encoded",
 )
+# Customer ids that are URL dot segments, or look like one: sent raw, they reach another resource.
+DOT_IDS = ("..", ".", "...")
 
 SUPPLEMENTAL_KEYS = ("orders", "customFields", "loyalty", "crm")
 
@@ -128,6 +130,8 @@ ATTACHMENT_TYPES = (
     ("application/zip", ".zip"),
     ("application/octet-stream", ".bin"),
 )
+# Attachment ids (any string, as customer ids) that reach another resource unless encoded with care.
+HOSTILE_ATTACHMENT_IDS = ("..", ".", "...", "%2E%2E")
 ATTACHMENT_STEMS = ("invoice", "contract", "statement", "receipt", "credit-note", "scan", "W-9")
 
 # File names a careless consumer could turn into path traversal or broken files on disk.

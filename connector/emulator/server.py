@@ -15,24 +15,42 @@ from connector.emulator.wire import LOOPBACK, Request, Response
 
 
 def parse_request(method: str, target: str, headers: Any, body: bytes, client_ip: str = LOOPBACK) -> Request:
-    """Split a request target into decoded path segments and query parameters."""
+    """Split a request target into decoded path segments and query parameters.
+
+    As an RFC 3986 server does, the raw path loses its dot segments first and each segment is
+    percent-decoded after: a raw `..` climbs a level, `%2E%2E` is the id `..`.
+    """
     path, _, query = target.partition("?")
     raw_pairs = parse_qsl(query, keep_blank_values=True)
     raw_params: dict[str, str] = {}
     for part in query.split("&"):
         name, _, value = part.partition("=")
         raw_params.setdefault(unquote(name), value)
-    segments = [unquote(s) for s in path.strip("/").split("/")] if path.strip("/") else []
     return Request(
         method=method,
         path=path,
-        segments=segments,
+        segments=[unquote(s) for s in raw_segments(path)],
         params=dict(reversed(raw_pairs)) if raw_pairs else {},
         raw_params=raw_params,
         headers=headers,
         body=body,
         client_ip=client_ip,
     )
+
+
+def raw_segments(path: str) -> list[str]:
+    """The segments of a raw path, still percent-encoded, with `.` and `..` removed (RFC 3986 5.2.4).
+
+    Leading and trailing slashes are dropped: `/companies/` is `/companies`.
+    """
+    stripped = path.strip("/")
+    segments: list[str] = []
+    for segment in stripped.split("/") if stripped else []:
+        if segment == "..":
+            del segments[-1:]
+        elif segment != ".":
+            segments.append(segment)
+    return segments
 
 
 class _Handler(BaseHTTPRequestHandler):

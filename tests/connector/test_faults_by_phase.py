@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import duckdb
 import pytest
@@ -172,7 +173,8 @@ def check_files(
 ) -> set[Path]:
     """Each loaded row names a stored attachment whose file is on disk with its exact bytes.
 
-    Returns the files on disk, each checked against the attachment its name (the id) names.
+    Returns the files on disk, each checked against the attachment its path names: company,
+    connection, customer and attachment id, each stored as one safe segment (`..` is `%2E%2E`).
     """
     assert set(loaded) <= set(stored), "attachments loaded that the account does not hold"
     for key, (path, sha256, status) in loaded.items():
@@ -181,11 +183,13 @@ def check_files(
         assert path is not None
         assert Path(path).read_bytes() == content, key
         assert sha256 == hashlib.sha256(content).hexdigest(), key
-    by_id = {key[3]: attachment for key, attachment in stored.items()}
     on_disk = {p for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
     for file in on_disk:
-        assert file.name in by_id, f"a file that is no attachment: {file}"
-        assert file.read_bytes() == attachment_bytes(by_id[file.name]), file
+        parts = file.relative_to(folder).parts
+        named = tuple(unquote(part) for part in parts)
+        assert len(named) == 4, f"a file outside company/connection/customer/attachment: {file}"
+        assert named in stored, f"a file that is no attachment: {file}"
+        assert file.read_bytes() == attachment_bytes(stored[named]), file
     return on_disk
 
 

@@ -30,11 +30,13 @@ ESCAPED_SEGMENTS = {
     "semi;colon": "semi%3Bcolon",
     "%2F-already-encoded": "%252F-already-encoded",
     "ACME LTD #12": "ACME%20LTD%20%2312",
+    ".": "%2E",
+    "..": "%2E%2E",
+    "...": "%2E%2E%2E",
+    "%2E%2E": "%252E%252E",
 }
 SEGMENTS = {
     **ESCAPED_SEGMENTS,
-    ".": "%2E",
-    "..": "%2E%2E",
     "../etc": "%2E%2E%2Fetc",
     "a\\b": "a%5Cb",
     "": "%00",

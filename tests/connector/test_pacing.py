@@ -10,7 +10,7 @@ import pytest
 
 from connector.client import CodatApiError, CodatClient
 from connector.emulator.emulator import Emulator
-from connector.pacing import RateGate, retry_after_seconds
+from connector.pacing import CircuitBreaker, RateGate, retry_after_seconds
 from tests.synctools import Warehouse, readable
 from tests.utils import API_KEY
 
@@ -112,6 +112,103 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert retry_after_seconds(None) is None
 
 
+# -- the circuit breaker's clock ----------------------------------------------------------------
+
+
+def silent_breaker(fake: FakeTime) -> CircuitBreaker:
+    """A breaker whose count rule stays out of the way: only silence (40 s) can open it."""
+    return CircuitBreaker(failures=1000, seconds=0, silence=40.0, clock=fake.clock)
+
+
+def timed_out(breaker: CircuitBreaker, fake: FakeTime, read_timeout: float = 30.0) -> str | None:
+    """One attempt sent now that gets no answer within its read timeout."""
+    with breaker.attempt():
+        fake.sleep(read_timeout)
+        return breaker.failed()
+
+
+def test_an_api_silent_from_the_first_attempt_opens_it_at_the_first_failure_past_the_silence() -> None:
+    fake = FakeTime()
+    breaker = silent_breaker(fake)
+    fake.sleep(500)  # the breaker was made long before the first request: not silence
+
+    assert timed_out(breaker, fake) is None  # 30 s: one slow answer is retried
+    fake.sleep(1.0)  # the retry's backoff counts: the run is waiting for the API
+    assert timed_out(breaker, fake) == "no answer for 61 s while 2 attempts failed"
+
+
+def test_answers_to_other_requests_keep_one_slow_request_going() -> None:
+    fake = FakeTime()
+    breaker = silent_breaker(fake)
+    with breaker.attempt():  # a slow page, while listings in other threads are answered
+        fake.sleep(25)
+        with breaker.attempt():
+            breaker.answered()
+        fake.sleep(5)
+        assert breaker.failed() is None
+    fake.sleep(1.0)
+    with breaker.attempt():
+        fake.sleep(29)
+        with breaker.attempt():
+            breaker.answered()
+        fake.sleep(1)
+        assert breaker.failed() is None  # 61 s of trying, but the API answered 1 s ago
+
+
+def test_time_the_run_spends_not_asking_is_not_silence() -> None:
+    fake = FakeTime()
+    breaker = silent_breaker(fake)
+    with breaker.attempt():
+        breaker.answered()
+    fake.sleep(100)  # loading, or reading a company's pages out of the API's sight
+
+    assert timed_out(breaker, fake) is None  # silent for 30 s, not 130
+
+
+def test_silence_counts_from_an_answer_that_came_while_an_attempt_was_waiting() -> None:
+    fake = FakeTime()
+    breaker = silent_breaker(fake)
+    with breaker.attempt():  # sent at 0, never answered
+        fake.sleep(10)
+        with breaker.attempt():
+            breaker.answered()  # the last answer, at 10
+        fake.sleep(20)
+        with breaker.attempt():  # sent at 30, while the first still waits: no fresh start
+            fake.sleep(20)
+            assert breaker.failed() == "no answer for 40 s while 1 attempt failed"
+
+
+def test_a_server_error_is_an_answer_for_the_silence_and_a_failure_for_the_count() -> None:
+    fake = FakeTime()
+    breaker = CircuitBreaker(failures=5, seconds=10.0, silence=40.0, clock=fake.clock)
+    opened = []
+    for _ in range(5):
+        with breaker.attempt():
+            fake.sleep(30)  # a 503 after 30 s, five times: 150 s without a good answer
+            opened.append(breaker.failed(answered=True))
+        fake.sleep(1.0)
+
+    assert opened == [None, None, None, None, "5 attempts in a row failed over 124 s"]
+
+
+def test_a_good_answer_ends_both_the_streak_and_the_silence() -> None:
+    fake = FakeTime()
+    breaker = CircuitBreaker(failures=3, seconds=0, silence=40.0, clock=fake.clock)
+    opened = [timed_out(breaker, fake, 15.0) for _ in range(2)]
+    with breaker.attempt():
+        breaker.answered()  # at 30 s
+    opened += [timed_out(breaker, fake, 15.0) for _ in range(3)]
+
+    # Without the answer the third failure would open it: 3 in a row, and 45 s of silence.
+    assert opened == [None, None, None, None, "3 attempts in a row failed over 30 s"]
+
+
+@pytest.mark.parametrize("silence", [0.0, -1.0, float("nan")], ids=str)
+def test_a_breaker_that_cannot_time_silence_is_refused(silence: float) -> None:
+    with pytest.raises(ValueError, match="breaker_silence must be above 0 seconds"):
+        CircuitBreaker(silence=silence)
+
+
 # -- against the emulator ----------------------------------------------------------------------
 
 
@@ -191,7 +288,8 @@ def test_a_429_asking_for_hours_is_final_at_once(emulator: Emulator, base_url: s
     assert str(client.stopped) == "daily quota spent: Retry-After 7200 s"
     with pytest.raises(CodatApiError) as not_sent:
         client.data_status(company.id)
-    assert not_sent.value.stopped == "daily quota spent"
+    assert not_sent.value.stopped is not None
+    assert not_sent.value.stopped.kind == "daily quota spent"
     assert len(emulator.request_log) == 1
 
 

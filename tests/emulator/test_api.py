@@ -17,6 +17,8 @@ MALFORMED = "Error parsing query - Malformed query."
 ATTACHMENT_KEYS = {"id", "name", "contentType", "dateCreated", "fileSize", "includeWhenSent"}
 # With 5 companies: index 0 is normal, then the four special states (see `company_states`).
 STATE_SIZING = {"seed": 7, "companies": 5, "customers": 200}
+# Ids plain `requests` cannot send: it removes dot segments (test_dot_ids.py sends them otherwise).
+DOT_SEGMENTS = {".", ".."}
 
 
 def first_company(emulator) -> str:
@@ -113,7 +115,7 @@ def test_every_customer_id_survives_as_one_path_segment(codat, emulator):
 def test_get_customer_equals_the_listed_record(codat, emulator):
     company_id = first_company(emulator)
     page = codat.get(customers_path(company_id), params={"pageSize": 5, "orderBy": "id"}).json()
-    for listed in page["results"]:
+    for listed in (r for r in page["results"] if r["id"] not in DOT_SEGMENTS):
         single = codat.get(f"{customers_path(company_id)}/{quote(listed['id'], safe='')}")
         assert single.status_code == 200
         assert single.json() == listed
@@ -328,10 +330,12 @@ def test_attachments_shape_and_download(codat, emulator):
         datetime.fromisoformat(attachment["dateCreated"])
         assert attachment["fileSize"] is None or isinstance(attachment["fileSize"], int)
         assert isinstance(attachment["includeWhenSent"], bool)
-        single = codat.get(f"{base}/attachments/{attachment['id']}")
+        if attachment["id"] in DOT_SEGMENTS:
+            continue
+        single = codat.get(f"{base}/attachments/{quote(attachment['id'], safe='')}")
         assert single.status_code == 200
         assert single.json() == attachment
-        download = codat.get(f"{base}/attachments/{attachment['id']}/download")
+        download = codat.get(f"{base}/attachments/{quote(attachment['id'], safe='')}/download")
         assert download.status_code == 200
         assert download.headers["Content-Type"] == "application/octet-stream"
         expected = next(f for f in files if f.id == attachment["id"])

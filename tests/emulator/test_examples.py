@@ -53,6 +53,8 @@ COMPONENT_STATUS = {
     "Service-Unavailable": 503,
 }
 GENERIC = {"Example 1", "default", ""}  # example names that are not a platform: any company will do
+# Ids plain `requests` cannot send: it removes dot segments (test_dot_ids.py sends them otherwise).
+DOT_SEGMENTS = {".", ".."}
 
 
 @dataclass
@@ -306,7 +308,9 @@ def test_get_customer_answers_like_the_example(account, example):
     company_id = account.company_of(example.name)
     top = {key: json_type(value) for key, value in example.body.items()}
     candidates = [
-        r for r in account.customers_of(example.name) if all(json_type(r.get(k)) == t for k, t in top.items())
+        r
+        for r in account.customers_of(example.name)
+        if all(json_type(r.get(k)) == t for k, t in top.items()) and r["id"] not in DOT_SEGMENTS
     ]
     assert candidates, f"no served {example.name} customer has every field of the example"
     best = max(candidates, key=lambda r: len(wanted.keys() & path_types([r]).keys()))
@@ -405,7 +409,9 @@ def provoke(account, emulator, example: Example):
     """
     session = account.session
     company_id, connection_id = account.platforms["Xero"]
-    customer_id = quote(account.customers[company_id][0]["id"], safe="")
+    customer_id = quote(
+        next(c["id"] for c in account.customers[company_id] if c["id"] not in DOT_SEGMENTS), safe=""
+    )
     customers = f"/companies/{company_id}/data/customers"
     connection = f"/companies/{company_id}/connections/{connection_id}"
     text = example.body["error"]
