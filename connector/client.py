@@ -43,6 +43,7 @@ from connector.pacing import (
     Pacer,
     StopSwitch,
     company_of,
+    escape_dot_segment,
     retry_after_seconds,
 )
 from connector.paging import CodatPaginator, TotalResultsPaginator
@@ -53,7 +54,6 @@ logger = logging.getLogger(__name__)
 NOTED_WAIT = 5.0  # seconds: a Retry-After this long is logged, so a waiting run is not silent
 RETRY_STATUSES = tuple(range(500, 600))  # and 429, when its Retry-After is short enough to wait
 CONNECTION_POOL_SIZE = 64
-DOT_SEGMENTS = (".", "..")  # RFC 3986 5.2.4: path segments a URL normaliser removes
 
 
 @configspec
@@ -434,5 +434,4 @@ def seg(value: str) -> str:
     dot segment, which URL normalisers remove, so its dots go as `%2E` (kept on the wire by
     `PacedAdapter.send`).
     """
-    encoded = quote(value, safe="")
-    return encoded.replace(".", "%2E") if encoded in DOT_SEGMENTS else encoded
+    return escape_dot_segment(quote(value, safe=""))

@@ -75,13 +75,14 @@ class FileStore:
             self.fs.pipe_file(path + ".part", data)
             self.fs.mv(path + ".part", path)
         except OSError as exc:
-            if full_disk_path(exc) is None:
+            written = full_disk_path(exc)
+            if written is None:
                 raise
             with contextlib.suppress(OSError):  # the part written before the disk filled
                 self.fs.rm(path + ".part")
             # No more downloads (nor requests) in this run: the listing waits for the next.
             folder = {"the attachment files folder": Path(self.root)}
-            client.pacer.stop.trip(DISK_FULL, describe_full_disk(str(exc.filename or path), folder))
+            client.pacer.stop.trip(DISK_FULL, describe_full_disk(written or path, folder))
             client.pacer.stop.check()
         with self._lock:
             self.index[key] = {"version": version, "sha256": digest}

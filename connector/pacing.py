@@ -37,6 +37,14 @@ INTERRUPTED = "interrupted"  # SIGINT or SIGTERM (`connector.cli`): what was rea
 DISK_FULL = "disk full"  # a write of the run found no space (`connector.disk`)
 
 
+DOT_SEGMENTS = (".", "..")  # RFC 3986 5.2.4: path segments a URL normaliser removes
+
+
+def escape_dot_segment(segment: str) -> str:
+    """`.` or `..` with its dots as `%2E`, which no URL normaliser removes; other segments as they are."""
+    return segment.replace(".", "%2E") if segment in DOT_SEGMENTS else segment
+
+
 def company_of(url: str) -> str | None:
     """The company id in a Codat URL path, if any."""
     parts = urlsplit(url).path.strip("/").split("/")
@@ -344,7 +352,7 @@ class PacedAdapter(HTTPAdapter):
         neither urllib3 (through a proxy) nor the server removes it.
         """
         head, mark, query = (request.url or "").partition("?")
-        parts = ["%2E" * len(part) if part in (".", "..") else part for part in head.split("/")]
+        parts = [escape_dot_segment(part) for part in head.split("/")]
         url = request.url = "/".join(parts) + mark + query
         self.pacer.stop.check()
         with self.pacer.turn(url):

@@ -3,7 +3,8 @@
 A kill test runs `codat-sync` in a child process that SIGKILLs itself at a point
 (`tests/killpoint.py`), runs it again plainly on the same warehouse, and compares what the
 two left with what one uninterrupted run leaves (`test_kill_points.py` kills at named
-calls, `test_package_kill_points.py` at every file step of dlt's load packages).
+calls, `test_package_kill_points.py` at every file step of dlt's load packages). Its fixtures
+`account`, `runs` and `clean` serve both modules, each of which names its `SIZING` and `POINTS`.
 """
 
 from __future__ import annotations
@@ -377,6 +378,36 @@ def started_runs(
         yield Runs(clean_dirs, clean, outcomes)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def account(request: pytest.FixtureRequest, unlimited: Emulator) -> Account:
+    """The module's account (its `SIZING`), unchanged for the whole module."""
+    return reset_account(unlimited, request.module.SIZING)
+
+
+@pytest.fixture(scope="module")
+def runs(
+    request: pytest.FixtureRequest,
+    emulator_server: Any,
+    account: Account,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Runs]:
+    """The clean run and the runs of the module's selected `POINTS`, two at a time, in order.
+
+    The clean run passes the module's `CLEAN_KILL`, if it has one, without dying.
+    """
+    points, clean_kill = request.module.POINTS, getattr(request.module, "CLEAN_KILL", None)
+    with started_runs(request.session, emulator_server.url, points, tmp_path_factory, clean_kill) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def clean(runs: Runs) -> Snapshot:
+    """What one uninterrupted run leaves."""
+    done = runs.clean.result()
+    assert done.returncode == 0, done.stderr[-2000:]
+    return snapshot(runs.clean_dirs)
 
 
 # -- what the tests assert -----------------------------------------------------------------------

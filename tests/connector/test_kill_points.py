@@ -8,11 +8,9 @@ dlt's load packages.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from connector.emulator.emulator import Emulator
+from tests import killtools
 from tests.killtools import (
     Account,
     KillPoint,
@@ -20,12 +18,10 @@ from tests.killtools import (
     Snapshot,
     assert_holds_account,
     assert_rerun_equals_clean,
-    reset_account,
-    snapshot,
-    started_runs,
-    unlimited,  # noqa: F401 - a fixture
 )
 from tests.utils import DEFAULT_SIZING
+
+SIZING = DEFAULT_SIZING  # the module's account, served unchanged throughout (`tests/killtools.py`)
 
 # The default account (seed 7: 3 companies, 300 customers) at PAGE_SIZE makes one run call:
 # list_companies 1, PageBuilder.build 19 (one per customer page), list_customer_attachments 300,
@@ -86,31 +82,8 @@ POINTS = [
     KillPoint("sync-status-load", f"{LOAD}.complete_package", 2),
 ]
 
-
-@pytest.fixture(scope="module")
-def account(unlimited: Emulator) -> Account:  # noqa: F811 - the fixture above
-    """The default account, unchanged for the whole module: its tests never reset the emulator."""
-    return reset_account(unlimited, DEFAULT_SIZING)
-
-
-@pytest.fixture(scope="module")
-def runs(
-    request: pytest.FixtureRequest,
-    emulator_server,
-    account: Account,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Runs]:
-    """The clean run and the selected points' runs, two at a time, in table order."""
-    with started_runs(request.session, emulator_server.url, POINTS, tmp_path_factory) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def clean(runs: Runs) -> Snapshot:
-    """What one uninterrupted run leaves."""
-    done = runs.clean.result()
-    assert done.returncode == 0, done.stderr[-2000:]
-    return snapshot(runs.clean_dirs)
+# The kill tests' fixtures (`tests/killtools.py`): they read SIZING, POINTS and CLEAN_KILL here.
+unlimited, account, runs, clean = killtools.unlimited, killtools.account, killtools.runs, killtools.clean
 
 
 def test_the_clean_run_holds_the_account(account: Account, clean: Snapshot) -> None:

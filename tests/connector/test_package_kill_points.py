@@ -12,12 +12,10 @@ dlt that adds one fails it, naming the step), and each step is killed at its fir
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from connector.emulator.emulator import Emulator
 from connector.emulator.store import Sizing
+from tests import killtools
 from tests.killpoint import FILES, STEP_PREFIX
 from tests.killtools import (
     Account,
@@ -26,10 +24,6 @@ from tests.killtools import (
     Snapshot,
     assert_holds_account,
     assert_rerun_equals_clean,
-    reset_account,
-    snapshot,
-    started_runs,
-    unlimited,  # noqa: F401 - a fixture
 )
 from tests.utils import FIXTURES
 
@@ -39,33 +33,9 @@ SIZING = Sizing(seed=7, companies=2, customers=30)
 # One step a line, in the order one run made them (`python tests/killpoint.py files 0 -- ...`).
 STEPS = tuple((FIXTURES.parent / "package_steps.txt").read_text().splitlines())
 POINTS = [KillPoint(f"step-{n:02d}", FILES, 1, step) for n, step in enumerate(STEPS, 1)]
-
-
-@pytest.fixture(scope="module")
-def account(unlimited: Emulator) -> Account:  # noqa: F811 - the fixture above
-    """The small account, unchanged for the whole module."""
-    return reset_account(unlimited, SIZING)
-
-
-@pytest.fixture(scope="module")
-def runs(
-    request: pytest.FixtureRequest,
-    emulator_server,
-    account: Account,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Runs]:
-    """The clean run (printing its steps) and the selected steps' runs, two at a time."""
-    journal = KillPoint("journal", FILES, 0)
-    with started_runs(request.session, emulator_server.url, POINTS, tmp_path_factory, journal) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def clean(runs: Runs) -> Snapshot:
-    """What one uninterrupted run leaves."""
-    done = runs.clean.result()
-    assert done.returncode == 0, done.stderr[-2000:]
-    return snapshot(runs.clean_dirs)
+CLEAN_KILL = KillPoint("journal", FILES, 0)  # the clean run prints its steps, and dies at none
+# The kill tests' fixtures (`tests/killtools.py`): they read SIZING, POINTS and CLEAN_KILL here.
+unlimited, account, runs, clean = killtools.unlimited, killtools.account, killtools.runs, killtools.clean
 
 
 def test_a_clean_run_makes_exactly_these_steps(runs: Runs, account: Account, clean: Snapshot) -> None:
