@@ -4,12 +4,14 @@ talking to the emulator over loopback, and a small filesystem to fill. Fixtures 
 from __future__ import annotations
 
 import base64
+import http.client
 import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -41,6 +43,18 @@ class CodatSession(requests.Session):
 
 
 ERROR_KEYS = {"statusCode", "service", "error", "correlationId", "canBeRetried", "detailedErrorCode"}
+
+
+def raw_get(base_url: str, target: str) -> tuple[int, bytes]:
+    """GET a request target exactly as written (dot segments kept), with the test API key."""
+    address = urlsplit(base_url)
+    connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=10)
+    try:
+        connection.request("GET", target, headers={"Authorization": basic_auth()})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 def assert_error(response: requests.Response, status: int, error: str | None = None) -> dict:

@@ -38,6 +38,7 @@ __all__ = [
     "attachment_bytes",
     "company_states",
     "generate_account",
+    "new_attachment",
     "new_customer",
     "split_customers",
 ]
@@ -268,21 +269,26 @@ def _id_factory(rng: random.Random, style: str) -> Callable[[], str]:
 
 
 class _FileNamer:
-    """Names attachments and picks their ids, cycling through every hostile name and id."""
+    """Names attachments and picks their ids, cycling through every hostile name and id.
 
-    def __init__(self) -> None:
+    A namer made with `hostile=False` keeps every drawn id and gives only plain names.
+    """
+
+    def __init__(self, hostile: bool = True) -> None:
+        self.hostile_names = hostile
         self.hostile = count()
         self.made = count()
 
     def attachment_id(self, drawn: str) -> str:
         """The next attachment's id: `drawn`, or a hostile one in place of the 3rd of every 25."""
         index = next(self.made)
-        if index % HOSTILE_ATTACHMENT_ID_EVERY != 2:
+        if not self.hostile_names or index % HOSTILE_ATTACHMENT_ID_EVERY != 2:
             return drawn
         return _ranked(n.HOSTILE_ATTACHMENT_IDS, index // HOSTILE_ATTACHMENT_ID_EVERY)
 
     def name(self, rng: random.Random, extension: str) -> str:
-        if rng.random() < 0.08:
+        """A file name ending in `extension`; now and then a hostile one, if this namer gives them."""
+        if rng.random() < 0.08 and self.hostile_names:
             names = n.HOSTILE_ATTACHMENT_NAMES
             return names[next(self.hostile) % len(names)]
         stem = n.ATTACHMENT_STEMS[int(rng.random() * len(n.ATTACHMENT_STEMS))]
@@ -295,23 +301,35 @@ def _attachments(rng: random.Random, files: _FileNamer, start: int, end: int) ->
     if draw < 0.78:
         return []
     total = 1 if draw < 0.93 else (2 if draw < 0.97 else 3 + int(rng.random() * 4))
-    attachments = []
-    for _ in range(total):
-        content_type, extension = n.ATTACHMENT_TYPES[int(rng.random() * len(n.ATTACHMENT_TYPES))]
-        created = start + int(rng.random() * (end - start))
-        attachments.append(
-            Attachment(
-                id=files.attachment_id(uuid_text(rng)),  # drawn even when replaced: the rest stays the same
-                name=files.name(rng, extension),
-                content_type=content_type,
-                date_created=format_instant(created),
-                file_size=min(MAX_ATTACHMENT_SIZE, int(200 * 2 ** (rng.random() * 8.4))),
-                report_size=rng.random() >= 0.1,
-                include_when_sent=rng.random() < 0.5,
-                content_seed=rng.getrandbits(63),
-            )
-        )
-    return attachments
+    return [
+        _attachment(rng, files, lambda: format_instant(start + int(rng.random() * (end - start))))
+        for _ in range(total)
+    ]
+
+
+def new_attachment(rng: random.Random, stamp: str) -> Attachment:
+    """A new attachment with a plain name and a fresh uuid id, created at `stamp`.
+
+    Built like the generated ones (type, size and content drawn from `rng`), for a file that a
+    user adds to a customer in the accounting platform.
+    """
+    return _attachment(rng, _FileNamer(hostile=False), lambda: stamp)
+
+
+def _attachment(rng: random.Random, files: _FileNamer, created: Callable[[], str]) -> Attachment:
+    """One attachment drawn from `rng`; `created` gives its `dateCreated` (drawn after the type)."""
+    content_type, extension = n.ATTACHMENT_TYPES[int(rng.random() * len(n.ATTACHMENT_TYPES))]
+    date_created = created()
+    return Attachment(
+        id=files.attachment_id(uuid_text(rng)),  # drawn even when replaced: the rest stays the same
+        name=files.name(rng, extension),
+        content_type=content_type,
+        date_created=date_created,
+        file_size=min(MAX_ATTACHMENT_SIZE, int(200 * 2 ** (rng.random() * 8.4))),
+        report_size=rng.random() >= 0.1,
+        include_when_sent=rng.random() < 0.5,
+        content_seed=rng.getrandbits(63),
+    )
 
 
 def attachment_bytes(attachment: Attachment) -> bytes:

@@ -11,11 +11,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from connector.emulator.data import generate_account, new_customer
-from connector.emulator.model import STATUS_COMPLETE, Company, Json, gc_paused
+from connector.emulator.data import generate_account, new_attachment, new_customer
+from connector.emulator.model import STATUS_COMPLETE, Attachment, Company, Json, gc_paused
 from connector.emulator.selection import SortedView, build_view, update_view
 
-MUTATE_ACTIONS = ("modify", "delete", "add", "restamp")
+MUTATE_ACTIONS = ("modify", "delete", "add", "restamp", "attach", "detach")
+# Actions that change attachments only: no customer record, `modifiedDate` or sync moves.
+ATTACHMENT_ACTIONS = ("attach", "detach")
 MAX_VIEWS = 256
 # The order the connector reads in, whose views `reset` builds before the first request.
 WARM_ORDER = "modifiedDate"
@@ -225,7 +227,12 @@ class Store:
 
         `modify` edits fields, `delete` sets `metadata.isDeleted`, `add` creates customers,
         `restamp` sets every customer's `modifiedDate` to one timestamp. All changes of one
-        call share one `modifiedDate` (the current second unless `timestamp` is given).
+        call share one `modifiedDate` (the current second unless `timestamp` is given), and the
+        company's last sync moves to it.
+
+        `attach` and `detach` add or remove one attachment per customer, as a user does in the
+        accounting platform: the customer record, its `modifiedDate` and the company's last sync
+        stay as they were (see `_change_attachments`).
         """
         if action not in MUTATE_ACTIONS:
             raise ValueError(f"unknown action {action!r}; use one of {', '.join(MUTATE_ACTIONS)}")
@@ -234,6 +241,8 @@ class Store:
             if company is None:
                 raise KeyError(f"no company {company_id}")
             stamp = timestamp or utc_stamp()
+            if action in ATTACHMENT_ACTIONS:
+                return self._change_attachments(company, action, count, ids, stamp)
             if action == "add":
                 changed = [self._add(company, stamp) for _ in range(count)]
             elif action == "restamp":
@@ -245,6 +254,66 @@ class Store:
                 changed = [self._edit(company, cid, action, stamp) for cid in targets]
             self.mark_synced(company, stamp)
             return changed
+
+    def _change_attachments(
+        self, company: Company, action: str, count: int, ids: list[str] | None, stamp: str
+    ) -> list[str]:
+        """Add (`attach`) or remove (`detach`) one attachment per customer; return their ids.
+
+        The customers are `ids`, or `count` picked at random: any customer to attach to, one
+        with an attachment to detach from. `attach` adds a new attachment created at `stamp` on
+        the company's first accounting connection; `detach` removes one attachment, picked at
+        random, from the first accounting connection holding any. Nothing else changes: no
+        customer record, no `modifiedDate`, no last sync. Either every customer changes or none.
+
+        Raises:
+            KeyError: a customer in `ids` does not exist, has no attachment to detach, or the
+                company has no accounting connection to attach to.
+        """
+        with self.lock:
+            connection_ids = [c.id for c in company.accounting_connections]
+            if ids is not None:
+                targets = list(ids)
+            elif action == "attach":
+                targets = self._pick(company, count)
+            else:
+                holders = {
+                    cid
+                    for (xid, cid), files in company.attachments.items()
+                    if files and xid in connection_ids
+                }
+                candidates = sorted(holders & company.customers.keys())
+                targets = self._rng.sample(candidates, min(count, len(candidates)))
+            pending: dict[tuple[str, str], list[Attachment]] = {}
+
+            def files_of(key: tuple[str, str]) -> list[Attachment]:
+                return pending[key] if key in pending else company.attachments.get(key, [])
+
+            for customer_id in targets:
+                if customer_id not in company.customers:
+                    raise KeyError(f"no customer {customer_id!r} in company {company.id}")
+                if action == "attach":
+                    if not connection_ids:
+                        raise KeyError(f"company {company.id} has no accounting connection to attach to")
+                    key = (connection_ids[0], customer_id)
+                    pending[key] = [*files_of(key), new_attachment(self._rng, stamp)]
+                    continue
+                holding = next(
+                    ((xid, customer_id) for xid in connection_ids if files_of((xid, customer_id))), None
+                )
+                if holding is None:
+                    raise KeyError(
+                        f"customer {customer_id!r} in company {company.id} has no attachment to detach"
+                    )
+                files = list(files_of(holding))
+                del files[self._rng.randrange(len(files))]
+                pending[holding] = files
+            for key, files in pending.items():  # new lists: a listing being served keeps its own
+                if files:
+                    company.attachments[key] = files
+                else:
+                    company.attachments.pop(key, None)
+            return targets
 
     def edit_in_platform(self, company_id: str, ids: list[str]) -> None:
         """Mark customers as changed in the accounting platform since Codat last read them.
@@ -317,8 +386,8 @@ class Mutator:
             company_id = company_ids[turn % len(company_ids)]
             turn += 1
             try:
-                self._store.mutate(company_id, action, count=1)
-                self.changes += 1
+                if self._store.mutate(company_id, action, count=1):  # `detach` may find nothing
+                    self.changes += 1
             except (KeyError, ValueError):
                 return
             self._stop.wait(interval)

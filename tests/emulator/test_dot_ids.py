@@ -6,9 +6,8 @@ or decode the very segments under test.
 
 from __future__ import annotations
 
-import http.client
 import json
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import pytest
 
@@ -17,22 +16,10 @@ from connector.emulator.data import attachment_bytes, generate_account
 from connector.emulator.emulator import Emulator
 from connector.emulator.server import parse_request, raw_segments
 from connector.emulator.store import Sizing
-from tests.utils import DEFAULT_SIZING, ERROR_KEYS, basic_auth
+from tests.utils import DEFAULT_SIZING, ERROR_KEYS, raw_get
 
 DEMO_SIZING = Sizing(seed=7, companies=3, customers=2000)  # pipelines/demo.py
 C = "/companies/c/data/customers"
-
-
-def raw_get(base_url: str, target: str) -> tuple[int, bytes]:
-    """GET a request target exactly as written, with the test API key."""
-    address = urlsplit(base_url)
-    connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=10)
-    try:
-        connection.request("GET", target, headers={"Authorization": basic_auth()})
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
 
 
 def assert_codat_404(status: int, body: bytes, error: str) -> None:
