@@ -79,7 +79,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--requests-per-minute", type=whole(2), help="pace requests to this many a minute (default: 1000)"
     )
-    parser.add_argument("--hard-delete", action="store_true", help="remove deleted customers")
+    parser.add_argument(
+        "--refresh-attachments",
+        action="store_true",
+        help="list every customer's attachments again now (what does not fit, the next runs list)",
+    )
+    parser.add_argument(
+        "--hard-delete", action="store_true", help="remove deleted customers and removed attachments"
+    )
     parser.add_argument(
         "--strict", action="store_true", help="exit 1 when a company is not ready in Codat (409)"
     )
@@ -129,6 +136,8 @@ def source_options(args: argparse.Namespace) -> dict[str, Any]:
         options["attachments"] = False
     if args.hard_delete:
         options["hard_delete"] = True
+    if args.refresh_attachments:
+        options["refresh_attachments"] = True
     return options
 
 

@@ -73,7 +73,9 @@ def record_hash(record: Json) -> str:
     return hashlib.blake2b(canonical.encode(), digest_size=10).hexdigest()
 
 
-# The `customer_attachments` table: its key, its columns, and those of downloaded files.
+# The `customer_attachments` table: its key, its columns, and those of downloaded files. A row
+# carries the instant of the listing that returned it: a later listing of its customer that did
+# not return it retires it (`connector.listings`), and of two listings in one load the later wins.
 ATTACHMENT_KEY = ("company_id", "connection_id", "customer_id", "id")
 ATTACHMENT_COLUMNS: TTableSchemaColumns = {
     "company_id": {"data_type": "text", "nullable": False},
@@ -85,6 +87,19 @@ ATTACHMENT_COLUMNS: TTableSchemaColumns = {
     "date_created": {"data_type": "timestamp"},
     "file_size": {"data_type": "bigint"},
     "include_when_sent": {"data_type": "bool"},
+    "listed_at": {"data_type": "timestamp", "dedup_sort": "desc"},
+    "is_deleted": {"data_type": "bool"},
+}
+# The `customer_attachment_listings` table: each customer's latest listing on each connection.
+LISTINGS_TABLE = "customer_attachment_listings"
+LISTING_KEY = ("company_id", "connection_id", "customer_id")
+LISTING_COLUMNS: TTableSchemaColumns = {
+    "company_id": {"data_type": "text", "nullable": False},
+    "connection_id": {"data_type": "text", "nullable": False},
+    "customer_id": {"data_type": "text", "nullable": False},
+    "listed_at": {"data_type": "timestamp", "nullable": False, "dedup_sort": "desc"},
+    "attachments": {"data_type": "bigint"},
+    "reason": {"data_type": "text"},  # why it was listed: changed, left over, refresh
 }
 FILE_COLUMNS: TTableSchemaColumns = {
     "file_path": {"data_type": "text"},
@@ -93,7 +108,9 @@ FILE_COLUMNS: TTableSchemaColumns = {
 }
 
 
-def map_attachment(attachment: Json, company_id: str, connection_id: str, customer_id: str) -> Json:
+def map_attachment(
+    attachment: Json, company_id: str, connection_id: str, customer_id: str, listed_at: datetime
+) -> Json:
     """An attachment row keyed by company, connection, customer and attachment id."""
     return {
         **attachment,
@@ -101,4 +118,6 @@ def map_attachment(attachment: Json, company_id: str, connection_id: str, custom
         "connectionId": connection_id,
         "customerId": customer_id,
         "dateCreated": parse_codat_datetime(attachment.get("dateCreated")),
+        "listedAt": listed_at,
+        "isDeleted": False,
     }

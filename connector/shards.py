@@ -37,6 +37,7 @@ from connector.destinations import duckdb_destination
 from connector.errors import InvalidOption
 from connector.lock import pipeline_lock
 from connector.placement import ShardPlan
+from connector.records import LISTING_COLUMNS, LISTING_KEY, LISTINGS_TABLE
 from connector.source import codat_source
 from connector.sync import STATUS_COLUMNS, STATUS_KEY, SyncSummary, run_sync
 from connector.views import create_views
@@ -135,6 +136,15 @@ def dataset_schema() -> Schema:
     for table in CHILD_TABLES:
         child = new_table(table, write_disposition="append", columns=_columns(child_columns(table)))
         schema.update_table({**child, "resource": "customers"})
+    listings = _columns(LISTING_COLUMNS)
+    for column in listings:
+        column["primary_key"] = column["name"] in LISTING_KEY
+    schema.update_table(
+        {
+            **new_table(LISTINGS_TABLE, write_disposition="merge", columns=listings),
+            "resource": "customer_attachments",
+        }
+    )
     status = _columns(STATUS_COLUMNS)
     for column in status:
         column["primary_key"] = column["name"] in STATUS_KEY

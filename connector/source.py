@@ -39,7 +39,17 @@ from connector.errors import CodatApiError, InvalidOption
 from connector.files import FileStore
 from connector.placement import shard_of
 from connector.progress import Progress
-from connector.records import ATTACHMENT_COLUMNS, ATTACHMENT_KEY, FILE_COLUMNS, Json, parse_codat_datetime
+from connector.records import (
+    ATTACHMENT_COLUMNS,
+    ATTACHMENT_KEY,
+    FILE_COLUMNS,
+    LISTING_COLUMNS,
+    LISTING_KEY,
+    LISTINGS_TABLE,
+    Json,
+    parse_codat_datetime,
+)
+from connector.refresh import DEFAULT_REFRESH_DAYS
 from connector.status import RunReport
 
 
@@ -107,6 +117,8 @@ def codat_source(
     files_url: str = DEFAULT_FILES_URL,
     max_file_size: int = DEFAULT_MAX_FILE_SIZE,
     hard_delete: bool = False,
+    attachment_refresh_days: float = DEFAULT_REFRESH_DAYS,
+    refresh_attachments: bool = False,
     since: str | None = None,
     until: str | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
@@ -128,7 +140,7 @@ def codat_source(
         company_ids: Only these companies; default every company of the account.
         company_query: A Codat `query` on companies (e.g. `name~Acme`), instead of ids.
         page_size: Customers per request, 1 to 5000.
-        attachments: List each changed customer's attachment metadata.
+        attachments: List customers' attachment metadata: the changed ones, and the refresh's share.
         attachment_concurrency: Requests in flight per company (attachment listings and
             customer pages together), 1 to 10 (Codat's limit).
         request_budget: Requests this run may spend; attachment listings beyond it wait
@@ -145,8 +157,13 @@ def codat_source(
         download_files: Also download attachment files to `files_url`.
         files_url: A local folder or an fsspec URL (`s3://bucket/prefix`, ...).
         max_file_size: Files larger than this many bytes are not downloaded.
-        hard_delete: Remove deleted customers (`metadata.isDeleted`) instead of keeping them
-            with `is_deleted = true`.
+        hard_delete: Remove deleted customers (`metadata.isDeleted`), and attachments a later
+            listing no longer returns, instead of keeping them with `is_deleted = true`.
+        attachment_refresh_days: List every customer's attachments again at least once in this
+            many days (the rolling refresh: Codat stamps no date when an attachment is added
+            or removed); each run takes its share, after the changed customers. 0: off.
+        refresh_attachments: List every customer's attachments again now (a new refresh cycle of
+            every company); what the run cannot afford, the next runs go on with.
         since: Backfill: load customers modified at or after this instant (cursors untouched).
         until: Backfill: load customers modified before this instant (cursors untouched).
         max_attempts: Attempts per request on `429`, `5xx` and dropped connections.
@@ -167,7 +184,10 @@ def codat_source(
             stops the run's requests; a fresh one by default.
 
     Returns:
-        The resources `companies`, `connections`, `customers` and `customer_attachments`.
+        The resources `companies`, `connections`, `customers` and the three that list attachments
+        (`customer_attachments` of changed customers, `customer_attachments_backlog` of what earlier
+        runs left, `customer_attachments_refresh`), which write `customer_attachments` and
+        `customer_attachment_listings`.
 
     Raises:
         InvalidOption: An option is out of range; the message names it. No request is sent.
@@ -180,7 +200,13 @@ def codat_source(
         quota_reserve=quota_reserve,
         max_retry_wait=max_retry_wait,
         backoff_factor=backoff_factor,
+        attachment_refresh_days=attachment_refresh_days,
     )
+    if not attachment_refresh_days < math.inf:
+        raise InvalidOption(
+            f"{setting('attachment_refresh_days')} must be a number of days (0 turns the refresh off); "
+            f"got {attachment_refresh_days}"
+        )
     _check_timeouts(connect_timeout, read_timeout, breaker_silence)
     run_report = report if report is not None else RunReport()
     client = CodatClient(
@@ -256,6 +282,8 @@ def codat_source(
     @dlt.resource
     def customers() -> Iterator[Any]:
         state = dlt.current.source_state().setdefault("cursors", {})
+        if attachments:
+            attachment_sync().customers_started(state)
         load_id = dlt.current.load_package_state()["load_id"]
         sync = CustomerSync(client, state, page_size, load_id, *window)
         progress = Progress()
@@ -268,6 +296,8 @@ def codat_source(
                 for table, rows in page.children.items():
                     yield dlt.mark.with_table_name(rows, table)
             progress.company_done()
+        if attachments:
+            attachment_sync().customers_read()
 
     # Variants start from the resource's hints: declare them before the customers table's own.
     for table in CHILD_TABLES:
@@ -299,14 +329,11 @@ def codat_source(
             budget=request_budget,
             quota_reserve=quota_reserve,
             files=files,
+            refresh_days=attachment_refresh_days,
+            refresh_all=refresh_attachments,
         )
 
-    @dlt.transformer(
-        data_from=customers,
-        primary_key=ATTACHMENT_KEY,
-        write_disposition="merge",
-        columns=attachment_columns,
-    )
+    @dlt.transformer(data_from=customers)
     def customer_attachments(page: Any) -> Iterator[Collector]:
         # The customers resource also yields its child tables: only the customers table (the
         # one that links to no parent) names customers.
@@ -316,18 +343,32 @@ def codat_source(
             customers = list(zip(dates, ids, strict=True))
             yield from attachment_sync().for_customers(company_id, customers)
 
-    @dlt.resource(
-        table_name="customer_attachments",
-        primary_key=ATTACHMENT_KEY,
-        write_disposition="merge",
-        columns=attachment_columns,
-    )
+    @dlt.resource(table_name="customer_attachments")
     def customer_attachments_backlog() -> Iterator[Collector]:
         yield from attachment_sync().backlog_pages()
 
+    @dlt.resource(table_name="customer_attachments")
+    def customer_attachments_refresh() -> Iterator[Collector | None]:
+        yield from attachment_sync().refresh_pages()
+
+    listers = [customer_attachments, customer_attachments_backlog, customer_attachments_refresh]
+    for lister in listers:  # each also writes its listings (`connector.listings`): that variant first
+        lister.apply_hints(
+            table_name=LISTINGS_TABLE,
+            primary_key=LISTING_KEY,
+            write_disposition="merge",
+            columns=LISTING_COLUMNS,
+            create_table_variant=True,
+        )
+        lister.apply_hints(
+            table_name="customer_attachments",
+            primary_key=ATTACHMENT_KEY,
+            write_disposition="merge",
+            columns=attachment_columns,
+        )
     resources: list[DltResource] = [companies, connections, customers]
     if attachments:
-        resources += [customer_attachments, customer_attachments_backlog]
+        resources += listers
     return resources
 
 

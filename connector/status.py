@@ -41,6 +41,13 @@ class CompanyReport:
     attachment_listings: int = 0  # listings made (one per customer and accounting connection)
     attachments_deferred: int = 0
     deferral_reason: str | None = None
+    attachments_refreshed: int = 0  # unchanged customers listed again by the rolling refresh
+    attachments_added: int | None = None  # counted in the destination after the load
+    attachments_removed: int | None = None  # retired: a later listing no longer returned them
+    refresh_done: int | None = None  # customers listed again in the current refresh cycle
+    refresh_total: int | None = None  # customers in that cycle, as last counted
+    refresh_behind: int | None = None  # customers due by now in the cycle and not listed yet
+    refresh_cycle_started: datetime | None = None
     files_downloaded: int = 0
     requests: int = 0
     http_status: int | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from connector.defaults import DEFAULT_FILES_URL
 from connector.destinations import check_destination, describe_destination, duckdb_path
 from connector.disk import describe_full_disk, full_disk_path
 from connector.errors import RunStopped
+from connector.listings import added_attachments, live_attachments, record_changes, retire_unlisted
 from connector.lock import destination_lock, lock_path, pipeline_lock
 from connector.pacing import API_UNREACHABLE, DISK_FULL, INTERRUPTED, QUOTA_SPENT, StopSwitch
 from connector.packages import finish_archiving
@@ -44,6 +46,12 @@ STATUS_COLUMNS: TTableSchemaColumns = {
     "correlation_id": {"data_type": "text"},
     "notes": {"data_type": "text"},
     "deferral_reason": {"data_type": "text"},
+    "attachments_added": {"data_type": "bigint"},  # counted after the load (SQL destinations)
+    "attachments_removed": {"data_type": "bigint"},
+    "refresh_done": {"data_type": "bigint"},
+    "refresh_total": {"data_type": "bigint"},
+    "refresh_behind": {"data_type": "bigint"},
+    "refresh_cycle_started": {"data_type": "timestamp"},
     "requests": {"data_type": "bigint"},
     "run_started_at": {"data_type": "timestamp"},
     "load_id": {"data_type": "text", "nullable": False},
@@ -85,6 +93,10 @@ class SyncSummary:
     customers_not_loaded: int = 0  # read, but the run stopped before loading them (a full disk)
     kept_for_next_run: bool = False  # ... and extracted them: the next run loads them first
     attachment_listings: int = 0  # listings made, one per customer and accounting connection
+    attachments_added: int = 0  # new in the destination (SQL destinations)
+    attachments_removed: int = 0  # retired: their customer's latest listing no longer returned them
+    attachments_refreshed: int = 0  # unchanged customers listed again by the rolling refresh
+    refresh_behind: int = 0  # customers due for the refresh by now and not listed yet
     views: list[str] = field(default_factory=list)
     status_rows: list[dict[str, Any]] = field(default_factory=list)
     steps: dict[str, float] = field(default_factory=dict)  # seconds of extract, normalize, load
@@ -119,6 +131,14 @@ class SyncSummary:
             f"{self.customers_deleted} deleted" + (f", {already} loaded already deleted" if already else "")
         )
 
+    def _refresh_lines(self) -> list[str]:
+        if not self.attachments_refreshed and not self.refresh_behind:
+            return []
+        return [
+            f"attachment refresh: {self.attachments_refreshed} unchanged customers listed again, "
+            f"{self.refresh_behind} due and left for the next runs"
+        ]
+
     def lines(self) -> list[str]:
         """A human summary, one fact per line."""
         counts = _other_statuses(self.status_rows)
@@ -127,8 +147,10 @@ class SyncSummary:
             f"companies: {self.companies} ({len(self.failed)} failed{counts})",
             self._customers_line(),
             f"attachments: {self.attachments} found in {self.attachment_listings} listings, "
+            f"{self.attachments_added} added, {self.attachments_removed} removed, "
             f"{self.files} files downloaded"
             + _deferred_text(self.attachments_deferred, self.deferral_reasons),
+            *self._refresh_lines(),
             f"requests spent: {self.requests}",
             *([f"data: {self.destination}"] if self.destination else []),
             f"time: {self.seconds:.1f} s" + _step_text(self.steps),
@@ -322,7 +344,9 @@ def run_sync(
         check_destination(pipeline)
         report = RunReport(stop=stop or StopSwitch())
         source = codat_source(report=report, **source_options)  # checks its options: no request yet
-        done = RunSteps(shards=source_options.get("shards", 1))
+        done = RunSteps(
+            shards=source_options.get("shards", 1), hard_delete=bool(source_options.get("hard_delete"))
+        )
         try:
             done.run(pipeline, source, report, full_refresh)
         except Exception as exc:
@@ -341,11 +365,14 @@ class RunSteps:
     """A run's steps after its source is made, and what each left for the summary."""
 
     shards: int = 1
+    hard_delete: bool = False
     interrupted: list[str] = field(default_factory=list)
     steps: dict[str, float] = field(default_factory=dict)  # seconds of extract, normalize, load
     load_id: str | None = None
     status_rows: list[dict[str, Any]] | None = None
     counts: tuple[CustomerCounts, CustomerCounts] | None = None  # before and after the load
+    attachments_added: Counter[str] = field(default_factory=Counter)  # per company
+    attachments_removed: Counter[str] = field(default_factory=Counter)
     views: list[str] = field(default_factory=list)
 
     def run(self, pipeline: dlt.Pipeline, source: DltSource, report: RunReport, full_refresh: bool) -> None:
@@ -371,6 +398,7 @@ class RunSteps:
             # counts its own, as other shards may be loading the same tables meanwhile.
             counted = list(report.companies) if self.shards > 1 else None
             before = CustomerCounts() if full_refresh else count_customers(pipeline, counted)
+            live = Counter[str]() if full_refresh else live_attachments(pipeline, counted)
             report.settle()
             self.status_rows = report.rows(self.load_id)
             if self.status_rows:
@@ -388,6 +416,15 @@ class RunSteps:
         self.counts = (before, count_customers(pipeline, counted))
         prune_child_rows(pipeline, repair=repair.exists(), company_ids=counted)
         repair.unlink(missing_ok=True)
+        loaded = live_attachments(pipeline, counted)
+        self.attachments_removed = retire_unlisted(pipeline, self.hard_delete, counted)
+        self.attachments_added = added_attachments(live, loaded)
+        if self.load_id is not None:
+            record_changes(pipeline, self.load_id, self.attachments_added, self.attachments_removed)
+        for row in self.status_rows or []:
+            if row["attachment_listings"] or row["company_id"] in self.attachments_removed:
+                row["attachments_added"] = self.attachments_added[row["company_id"]]
+                row["attachments_removed"] = self.attachments_removed[row["company_id"]]
         self.views = create_views(pipeline)
 
 
@@ -431,6 +468,10 @@ def summarise(
         kept_for_next_run=done.load_id is not None,
         attachments=sum(r.attachments_loaded for r in outcomes),
         attachment_listings=sum(r.attachment_listings for r in outcomes),
+        attachments_added=sum(done.attachments_added.values()),
+        attachments_removed=sum(done.attachments_removed.values()),
+        attachments_refreshed=sum(r.attachments_refreshed for r in outcomes),
+        refresh_behind=sum(r.refresh_behind or 0 for r in outcomes),
         files=sum(r.files_downloaded for r in outcomes),
         attachments_deferred=report.attachments_deferred,
         deferral_reasons=report.deferral_reasons,

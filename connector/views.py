@@ -31,10 +31,13 @@ LEFT JOIN (
 WHERE NOT c.is_deleted
 """
 
+# Attachments Codat still lists, of customers not deleted: a deleted customer takes its
+# attachments with it, and one not loaded (yet) shows none.
 ATTACHMENTS_WITH_CUSTOMERS = """
-SELECT {attachment_columns}, c.customer_name, c.is_deleted AS customer_is_deleted
+SELECT {attachment_columns}, c.customer_name
 FROM {attachments} t
-LEFT JOIN {customers} c ON c.company_id = t.company_id AND c.id = t.customer_id
+JOIN {customers} c ON c.company_id = t.company_id AND c.id = t.customer_id
+WHERE {live} AND c.is_deleted IS NOT TRUE
 """
 
 # The views' columns, from the tables' own: Codat's customer fields (not the deletion flag the
@@ -52,7 +55,7 @@ ADDRESS_FIELDS = tuple(
     if not name.startswith("_dlt") and name not in ("type", "company_id")
 )
 CONTACT_FIELDS = ("name", "email")
-ATTACHMENT_FIELDS = tuple(ATTACHMENT_COLUMNS)
+ATTACHMENT_FIELDS = tuple(name for name in ATTACHMENT_COLUMNS if name != "is_deleted")
 
 
 def has_table(pipeline: Pipeline, table: str) -> bool:
@@ -78,7 +81,7 @@ def prune_child_rows(pipeline: Pipeline, repair: bool = False, company_ids: list
             company). A shard passes its own: another shard loading the same tables appends its
             child rows before it merges their customers, and until then they join to nothing.
     """
-    if not _holds_sql(pipeline) or not has_table(pipeline, "customers") or company_ids == []:
+    if not holds_sql(pipeline) or not has_table(pipeline, "customers") or company_ids == []:
         return
     schema = pipeline.default_schema
     children = [t for t in CHILD_TABLES if t in schema.tables and has_table_seen_data(schema.tables[t])]
@@ -115,7 +118,8 @@ def _collapse_twice_loaded(sql: SqlClientBase[Any], child: str, scratch: str) ->
         sql.execute_sql(f"DROP TABLE {scratch}")
 
 
-def _holds_sql(pipeline: Pipeline) -> bool:
+def holds_sql(pipeline: Pipeline) -> bool:
+    """Whether the destination keeps tables SQL can change (not the filesystem destination)."""
     # The filesystem destination's SQL client is a throwaway in-memory DuckDB over its files.
     return pipeline.destination.destination_name != "filesystem"
 
@@ -128,7 +132,7 @@ def create_views(pipeline: Pipeline) -> list[str]:
     """
     if not has_table(pipeline, "customers"):
         return []
-    if not _holds_sql(pipeline):
+    if not holds_sql(pipeline):
         return []
     schema = pipeline.default_schema
     try:
@@ -159,10 +163,12 @@ def create_views(pipeline: Pipeline) -> list[str]:
             )
             created.append(_replace_view(sql, q("customers_current"), body, "customers_current"))
         if "customer_attachments" in schema.tables:
+            retired = "is_deleted" in schema.get_table_columns("customer_attachments")
             body = ATTACHMENTS_WITH_CUSTOMERS.format(
                 attachment_columns=columns("t", "customer_attachments", ATTACHMENT_FIELDS),
                 attachments=q("customer_attachments"),
                 customers=q("customers"),
+                live="t.is_deleted IS NOT TRUE" if retired else "TRUE",
             )
             name = "customer_attachments_with_customers"
             created.append(_replace_view(sql, q(name), body, name))

@@ -33,11 +33,13 @@ def customer_key(modified: datetime | None, customer_id: str) -> Key:
     return (modified if modified.tzinfo else modified.replace(tzinfo=UTC), customer_id)
 
 
-def _key_to_state(key: Key) -> list[str | None]:
+def key_to_state(key: Key) -> list[str | None]:
+    """A key as JSON: [modifiedDate or null, id]."""
     return [None if key[0] == NO_DATE else format_codat_datetime(key[0]), key[1]]
 
 
-def _key_from_state(value: Any) -> Key:
+def key_from_state(value: Any) -> Key:
+    """A key back from its JSON form."""
     modified, customer_id = value
     return customer_key(parse_codat_datetime(modified), str(customer_id))
 
@@ -68,9 +70,9 @@ class Span:
 
     def to_state(self) -> Json:
         """The JSON form kept in the source state."""
-        state: Json = {"from": _key_to_state(self.low), "to": _key_to_state(self.high)}
+        state: Json = {"from": key_to_state(self.low), "to": key_to_state(self.high)}
         if self.skip:
-            state["skip"] = [_key_to_state(k) for k in sorted(self.skip)]
+            state["skip"] = [key_to_state(k) for k in sorted(self.skip)]
         state["listings"] = self.listings
         if self.reason:
             state["reason"] = self.reason
@@ -81,9 +83,9 @@ class Span:
         """Read a span back; None if it is not one (a hand-edited or foreign state)."""
         try:
             return cls(
-                _key_from_state(value["from"]),
-                _key_from_state(value["to"]),
-                frozenset(_key_from_state(k) for k in value.get("skip") or ()),
+                key_from_state(value["from"]),
+                key_from_state(value["to"]),
+                frozenset(key_from_state(k) for k in value.get("skip") or ()),
                 int(value.get("listings") or 0),
                 value.get("reason"),
             )

@@ -1,4 +1,4 @@
-"""`make demo`: sync a local Codat emulator into DuckDB twice, with changes between, then query it."""
+"""`make demo`: sync a local Codat emulator into DuckDB three times, with changes between, then query it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import secrets
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -28,10 +29,14 @@ SEED, COMPANIES, CUSTOMERS = 7, 3, 2000
 # Codat allows 1,000 requests a minute; the demo's emulator allows 1,000 every 6 s (and the sync
 # paces itself to that), so the first run's 2,000 attachment listings take seconds, not minutes.
 RATE_WINDOW = "6"
+# Codat's daily quota for 3 companies is 4,000 requests; run 3 lists every customer's attachments
+# again on the same "day" as run 1, which a real account spreads over a week (the rolling refresh).
+DAILY_LIMIT = "20000"
 DUCKDB_FILE = Path(DEFAULT_DUCKDB_FILE)
 DATASET = "codat"
-# Per company, between the two runs: what one Codat sync of the companies might bring.
-CHANGES = (("modify", 20), ("delete", 5), ("add", 10))
+# Per company, between the first two runs: what one Codat sync of the companies might bring, and
+# attachments added and removed in the platform, which move no customer's `modifiedDate`.
+CHANGES = (("modify", 20), ("delete", 5), ("add", 10), ("attach", 5), ("detach", 5))
 NAME_WIDTH = 40
 NUMBERS = (int, float, Decimal)
 
@@ -48,15 +53,17 @@ QUERIES: dict[str, str] = {
         SELECT co.name AS company, COUNT(*) AS deleted, MAX(c.modified_date) AS latest_change
         FROM codat.customers c JOIN codat.companies co ON co.id = c.company_id
         WHERE c.is_deleted GROUP BY ALL ORDER BY deleted DESC, company""",
-    "Attachment content types": """
+    "Attachment content types (attachments Codat still lists, of current customers)": """
         SELECT content_type, COUNT(*) AS attachments,
                ROUND(SUM(file_size) / 1e6, 2)::DECIMAL(12, 2) AS reported_mb,
                COUNT(*) - COUNT(file_size) AS size_unknown
-        FROM codat.customer_attachments GROUP BY ALL ORDER BY attachments DESC, content_type""",
+        FROM codat.customer_attachments_with_customers
+        GROUP BY ALL ORDER BY attachments DESC, content_type""",
     "Latest sync_status rows": """
         SELECT strftime(run_started_at, '%H:%M:%S') AS run_started, company_name AS company, status,
                customers_loaded AS customers, customers_deleted AS deleted,
-               attachments_loaded AS attachments, attachments_deferred AS deferred, requests
+               attachments_added AS att_added, attachments_removed AS att_removed,
+               attachments_refreshed AS refreshed, requests
         FROM codat.sync_status ORDER BY run_started_at DESC, company_name LIMIT 6""",
 }
 
@@ -69,7 +76,7 @@ class DemoError(RuntimeError):
 def running_emulator(api_key: str) -> Iterator[str]:
     """Start the emulator on a free port, yield its URL, and stop it whatever happens."""
     flags = ["--seed", str(SEED), "--companies", str(COMPANIES), "--customers", str(CUSTOMERS)]
-    flags += ["--per-minute-limit", "1000", "--rate-window", RATE_WINDOW]
+    flags += ["--per-minute-limit", "1000", "--rate-window", RATE_WINDOW, "--daily-limit", DAILY_LIMIT]
     try:
         with emulator_process(*flags, "--api-key", api_key) as url:
             print(
@@ -90,9 +97,10 @@ def control(base_url: str, method: str, route: str, body: Any = None) -> Any:
         return json.loads(response.read() or b"null")
 
 
-def sync(base_url: str, title: str, pipelines_dir: str, progress: bool) -> None:
+def sync(base_url: str, title: str, pipelines_dir: str, progress: bool, *flags: str) -> None:
     """One `codat-sync` run, in process; print its summary and the requests the emulator saw."""
     argv = ["--duckdb-file", str(DUCKDB_FILE), "--dataset", DATASET, "--pipelines-dir", pipelines_dir]
+    argv += flags
     if not progress:
         argv.append("--quiet")
     print(f"\n== {title}\n   codat-sync {' '.join(argv)}")
@@ -166,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             sync(base_url, "Run 1: first sync, everything", pipelines_dir, args.progress)
             change_customers(base_url)
             sync(base_url, "Run 2: incremental, only what changed", pipelines_dir, args.progress)
+            time.sleep(float(RATE_WINDOW))  # the per-minute limit counts run 2's requests for a window
+            title = "Run 3: every customer's attachments listed again, to find the platform's changes"
+            sync(base_url, title, pipelines_dir, args.progress, "--refresh-attachments")
         with duckdb.connect(str(DUCKDB_FILE), read_only=True) as con:
             for title, sql in QUERIES.items():
                 show(title, con, sql)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from urllib.parse import unquote
 
+from connector import refresh
 from connector.emulator.emulator import Emulator
 from tests.synctools import Warehouse, readable
 
@@ -45,7 +49,33 @@ def attachment_rows(emulator: Emulator, only: set[Listing] | None = None) -> lis
     return sorted(rows)
 
 
+def view_rows(emulator: Emulator) -> list[tuple[str, str, str, str]]:
+    """The emulator's attachment keys of customers not deleted: what the joined view shows."""
+    deleted = {
+        (company.id, customer_id)
+        for company in readable(emulator)
+        for customer_id, record in company.customers.items()
+        if (record.get("metadata") or {}).get("isDeleted")
+    }
+    return [row for row in attachment_rows(emulator) if (row[0], row[2]) not in deleted]
+
+
 def loaded(warehouse: Warehouse) -> list[tuple[str, str, str, str]]:
+    """The attachment keys the warehouse holds as live (not retired by a later listing)."""
     return sorted(
-        warehouse.rows("SELECT company_id, connection_id, customer_id, id FROM codat.customer_attachments")
+        warehouse.rows(
+            "SELECT company_id, connection_id, customer_id, id FROM codat.customer_attachments "
+            "WHERE is_deleted IS NOT TRUE"
+        )
     )
+
+
+@contextmanager
+def refresh_clock(moment: datetime) -> Iterator[None]:
+    """The rolling refresh's clock stands at `moment` (dlt's and the emulator's keep theirs)."""
+    real = refresh.now
+    refresh.now = lambda: moment  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        refresh.now = real  # type: ignore[assignment]

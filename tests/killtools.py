@@ -44,8 +44,12 @@ WORKERS = 2  # runs at once: the CPUs of a developer's machine and CI's
 RUN_TIMEOUT = 120  # seconds; a run takes about three
 # Columns that differ from run to run by design, left out of every comparison: dlt's load and
 # row ids and the child rows' links to row ids (`keyed_children` compares those links by the
-# customer's key instead), and `extracted_at`, the instant the connector read the customer's page.
-RUN_COLUMNS = frozenset({"_dlt_load_id", "_dlt_id", "_dlt_parent_id", "_dlt_root_id", "extracted_at"})
+# customer's key instead), `extracted_at`, the instant the connector read the customer's page, and
+# `listed_at`, the instant of an attachment listing.
+RUN_COLUMNS = frozenset(
+    {"_dlt_load_id", "_dlt_id", "_dlt_parent_id", "_dlt_root_id", "extracted_at", "listed_at"}
+)
+REFRESH_STATE = "attachment_refresh"  # its cycles' `started` is the instant of the run that began them
 CHILD_TABLES = ("customers__addresses", "customers__contacts", "customers__contacts__phone")
 ATTACHMENT_KEY = ("company_id", "connection_id", "customer_id", "id")
 
@@ -184,10 +188,19 @@ def snapshot(dirs: RunDirs) -> Snapshot:
             columns=columns,
             children={table: keyed_children(con, table, columns[table]) for table in CHILD_TABLES},
             files=files(dirs.files),
-            state=dict(pipeline.state["sources"][PIPELINE]),
+            state=run_free_state(pipeline.state["sources"][PIPELINE]),
             pending=pipeline.has_pending_data,
             status=status_rows(con),
         )
+
+
+def run_free_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The source state without the instants of the runs that wrote it (refresh cycles' start)."""
+    cycles = {
+        company_id: {k: v for k, v in cycle.items() if k != "started"}
+        for company_id, cycle in (state.get(REFRESH_STATE) or {}).items()
+    }
+    return {**state, REFRESH_STATE: cycles} if REFRESH_STATE in state else dict(state)
 
 
 def relative_paths(columns: list[str], rows: list[tuple[Any, ...]], root: Path) -> list[tuple[Any, ...]]:

@@ -98,6 +98,7 @@ def rows(document: Document) -> list[Row]:
         ("emulator", _emulator_rows),
         ("attachments", _attachment_rows),
         ("deferral", _deferral_rows),
+        ("refresh", _refresh_rows),
         ("shards", _shard_rows),
     ):
         figures = document.get(name)
@@ -205,6 +206,9 @@ def _attachment_rows(figures: Document) -> Iterator[Row]:
     yield Row(f"{what}: 429 answers", figures["http_429"], "", "<=", 0, "0")
 
 
+PACED = "1,000 per 6 s, 50 ms latency"
+
+
 def _deferral_rows(figures: Document) -> Iterator[Row]:
     what = f"{figures['customers']:,} customers in {figures['companies']} companies"
     yield Row(
@@ -218,6 +222,43 @@ def _deferral_rows(figures: Document) -> Iterator[Row]:
         "<=",
         1_000_000,
         "≤ 1 MB",
+    )
+
+
+def _refresh_rows(figures: Document) -> Iterator[Row]:
+    what = f"{figures['customers']:,} customers in {figures['companies']} companies"
+    yield Row(
+        f"attachment refresh of a daily run, {what}: customers listed again",
+        figures["daily_refreshed"],
+    )
+    yield Row(f"attachment refresh of a daily run, {what}: requests", figures["daily_requests"])
+    yield Row(
+        f"... against the daily quota of {figures['daily_quota']:,} (1,000 × (1 + companies))",
+        figures["daily_share_of_quota"],
+        "",
+        "<=",
+        0.5,
+        "≤ 0.5",
+    )
+    yield Row(f"attachment refresh of a daily run, {what}: time, unpaced", figures["daily_s"], "s")
+    yield Row(f"refresh state, {what}", figures["refresh_state_bytes"], "bytes", "<=", 1_000_000, "≤ 1 MB")
+    yield Row(
+        f"--refresh-attachments, {figures['paced_refreshed']:,} customers in {figures['paced_companies']} "
+        f"companies, {PACED}: share of the limit reached",
+        figures["paced_share_of_limit"],
+        "",
+        ">=",
+        0.8,
+        "≥ 0.8",
+    )
+    yield Row(
+        f"--refresh-attachments, {what}: requests ({figures['full_refresh_listings']:,} listings)",
+        figures["full_refresh_requests"],
+    )
+    yield Row(
+        f"--refresh-attachments, {what}: time at Codat's 1,000 a minute, at that share",
+        figures["full_refresh_minutes_at_codat_limit"],
+        "min",
     )
 
 

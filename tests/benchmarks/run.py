@@ -261,6 +261,15 @@ def deferral_state(context: Context) -> Figures:
     return bench_deferral(quick=context.quick)
 
 
+@benchmark("refresh")
+def refresh_cost(context: Context) -> Figures:
+    """A daily run's attachment refresh at scale, and a full refresh's time at Codat's limit."""
+    from tests.benchmarks.refresh_bench import bench_refresh
+
+    say("refresh")
+    return bench_refresh(quick=context.quick)
+
+
 @benchmark("shards")
 def shard_fan_out(context: Context) -> Figures:
     """One process against four shard processes at once, on one account with request latency."""

@@ -27,6 +27,7 @@ DEMO_SECTIONS = (
     "== Run 1: first sync",
     "== Changes in the emulator",
     "== Run 2: incremental",
+    "== Run 3: every customer's attachments listed again",
     "== Customers per company",
     "== Currency mix",
     "== Deleted customers",
@@ -113,7 +114,7 @@ def test_a_clean_run_exits_0_and_prints_what_it_loaded(emulator: Emulator, tmp_p
         "companies: 3 (0 failed)",
         f"customers: {customers} new, 0 updated, 0 deleted, {deleted_count(emulator)} loaded already deleted",
         f"attachments: {attachment_count(emulator)} found in {listings(emulator)} listings, "
-        "0 files downloaded",
+        f"{attachment_count(emulator)} added, 0 removed, 0 files downloaded",
         f"requests spent: {len(emulator.request_log)}",
         data_line(tmp_path),
     ]
@@ -138,7 +139,7 @@ def test_a_second_run_without_changes_loads_nothing_for_one_request(
     assert summary(capsys.readouterr().out) == [
         "companies: 3 (0 failed, 3 unchanged)",
         "customers: 0 new, 0 updated, 0 deleted",
-        "attachments: 0 found in 0 listings, 0 files downloaded",
+        "attachments: 0 found in 0 listings, 0 added, 0 removed, 0 files downloaded",
         "requests spent: 1",
         data_line(tmp_path),
     ]
@@ -245,7 +246,7 @@ def test_no_attachments_lists_none(emulator: Emulator, tmp_path, capsys) -> None
     assert code == 0
     out = summary(capsys.readouterr().out)
     assert out[2:] == [
-        "attachments: 0 found in 0 listings, 0 files downloaded",
+        "attachments: 0 found in 0 listings, 0 added, 0 removed, 0 files downloaded",
         "requests spent: 4",
         data_line(tmp_path),
     ]
@@ -268,7 +269,8 @@ def test_full_refresh_loads_everything_again(emulator: Emulator, tmp_path, capsy
     assert summary(capsys.readouterr().out) == [
         "companies: 3 (0 failed)",
         f"customers: {customers} new, 0 updated, 0 deleted, {deleted_count(emulator)} loaded already deleted",
-        f"attachments: {attachment_count(emulator)} found in {customers} listings, 0 files downloaded",
+        f"attachments: {attachment_count(emulator)} found in {customers} listings, "
+        f"{attachment_count(emulator)} added, 0 removed, 0 files downloaded",
         f"requests spent: {1 + 3 + customers}",
         data_line(tmp_path),
     ]
@@ -342,6 +344,15 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     run_2 = done.stdout.split("== Run 2")[1].splitlines()
     assert run_2[2] == "   companies: 3 (0 failed)"
     assert run_2[3].startswith("   customers: 30 new, ")  # 10 added in each company
+    run_3 = done.stdout.split("== Run 3")[1].splitlines()
+    assert run_3[2] == "   companies: 3 (0 failed, 3 unchanged)"
+    # 5 attached and 5 detached in each company (those of customers changed meanwhile went in run 2).
+    attachments = re.fullmatch(
+        r"   attachments: \d+ found in \d+ listings, (\d+) added, (\d+) removed, .*", run_3[4]
+    )
+    assert attachments is not None, run_3
+    assert 0 < int(attachments[1]) <= 15
+    assert 0 < int(attachments[2]) <= 15
     assert not re.search(r"demo-[0-9a-f]{16}", done.stdout + done.stderr)  # the key is never printed
     assert (tmp_path / "codat_warehouse.duckdb").is_file()
     assert not (ROOT / "pipelines" / "codat_warehouse.duckdb").exists()

@@ -142,6 +142,8 @@ def test_record_hash_changes_with_any_content(changed: dict[str, Any]) -> None:
 
 # -- attachment rows --------------------------------------------------------------------------
 
+LISTED = datetime(2026, 3, 2, 6, 0, 0, 250000, tzinfo=UTC)  # the instant of the listing
+
 
 def test_map_attachment_keys_the_row_and_reads_its_date() -> None:
     attachment = {
@@ -153,7 +155,7 @@ def test_map_attachment_keys_the_row_and_reads_its_date() -> None:
         "includeWhenSent": False,
     }
 
-    row = map_attachment(attachment, "company-1", "connection-1", "customer/1")
+    row = map_attachment(attachment, "company-1", "connection-1", "customer/1", LISTED)
 
     assert row == {
         "id": "att-1",
@@ -165,6 +167,8 @@ def test_map_attachment_keys_the_row_and_reads_its_date() -> None:
         "companyId": "company-1",
         "connectionId": "connection-1",
         "customerId": "customer/1",
+        "listedAt": LISTED,
+        "isDeleted": False,
     }
     assert attachment["dateCreated"] == "2022-10-23T01:00:00+01:00"  # the input is not changed
 
@@ -179,7 +183,7 @@ def test_map_attachment_keys_the_row_and_reads_its_date() -> None:
     ids=["missing", "null", "codat-no-date"],
 )
 def test_map_attachment_without_a_date(attachment: dict[str, Any]) -> None:
-    row = map_attachment(attachment, "company-1", "connection-1", "customer-1")
+    row = map_attachment(attachment, "company-1", "connection-1", "customer-1", LISTED)
 
     assert row == {
         "id": "att-2",
@@ -187,13 +191,15 @@ def test_map_attachment_without_a_date(attachment: dict[str, Any]) -> None:
         "companyId": "company-1",
         "connectionId": "connection-1",
         "customerId": "customer-1",
+        "listedAt": LISTED,
+        "isDeleted": False,
     }
 
 
 def test_map_attachment_keys_come_from_the_caller_not_the_attachment() -> None:
     attachment = {"id": "att-3", "companyId": "other", "customerId": "other"}
 
-    row = map_attachment(attachment, "company-1", "connection-1", "customer-1")
+    row = map_attachment(attachment, "company-1", "connection-1", "customer-1", LISTED)
 
     assert (row["companyId"], row["connectionId"], row["customerId"]) == (
         "company-1",
