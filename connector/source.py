@@ -77,6 +77,9 @@ class _ExpectedDltWarnings(logging.Filter):
 logging.getLogger("dlt").addFilter(_ExpectedDltWarnings())
 
 
+# The resources that list attachments: changed customers, what earlier runs left, the refresh.
+LISTERS = ("customer_attachments", "customer_attachments_backlog", "customer_attachments_refresh")
+
 # Declared, not inferred: a company that never synced has no `lastSync`, and its shard would
 # otherwise leave the column to whichever shard meets one first (`connector.shards`).
 DATES: TTableSchemaColumns = {name: {"data_type": "timestamp"} for name in ("last_sync", "created")}

@@ -28,7 +28,8 @@ from connector.listings import added_attachments, live_attachments, record_chang
 from connector.lock import destination_lock, lock_path, pipeline_lock
 from connector.pacing import API_UNREACHABLE, DISK_FULL, INTERRUPTED, QUOTA_SPENT, StopSwitch
 from connector.packages import finish_archiving
-from connector.source import codat_source
+from connector.records import LISTINGS_TABLE
+from connector.source import LISTERS, codat_source
 from connector.status import FAILED, NOT_READY, OK, STATUSES, RunReport
 from connector.views import create_views, has_table, prune_child_rows
 
@@ -232,6 +233,20 @@ def arrow_file_format(pipeline: dlt.Pipeline) -> TLoaderFileFormat | None:
     return "insert_values" if pipeline.destination.destination_name in COPY_NULLS_EMPTY else None
 
 
+def listing_file_format(pipeline: dlt.Pipeline) -> TLoaderFileFormat | None:
+    """The file format of the attachment and listing rows, or None for dlt's choice.
+
+    A daily run's refresh writes tens of thousands of listings; as `insert_values` (dlt's choice
+    for JSON rows on DuckDB) they load as one SQL statement whose parsing takes gigabytes.
+    Parquet loads them in a scan. PostgreSQL keeps `insert_values` (see `arrow_file_format`).
+    """
+    capabilities = pipeline.destination.capabilities()
+    streams = "parquet" in capabilities.supported_loader_file_formats
+    if capabilities.preferred_loader_file_format != "insert_values" or not streams:
+        return None
+    return None if pipeline.destination.destination_name in COPY_NULLS_EMPTY else "parquet"
+
+
 def detach_child_tables(pipeline: dlt.Pipeline) -> bool:
     """Rewrite a schema from before Arrow pages, where dlt nested the child tables, once.
 
@@ -389,6 +404,13 @@ class RunSteps:
                 source.resources["customers"].apply_hints(
                     table_name=table, file_format=file_format, create_table_variant=True
                 )
+        listing_format = listing_file_format(pipeline)
+        listers = [name for name in LISTERS if name in source.resources]
+        for name in listers if listing_format is not None else []:
+            source.resources[name].apply_hints(
+                table_name=LISTINGS_TABLE, file_format=listing_format, create_table_variant=True
+            )
+            source.resources[name].apply_hints(file_format=listing_format)
         if full_refresh:
             options["refresh"] = "drop_sources"
         with _timed(self.steps, "extract"):

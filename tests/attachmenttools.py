@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -79,3 +82,13 @@ def refresh_clock(moment: datetime) -> Iterator[None]:
         yield
     finally:
         refresh.now = real  # type: ignore[assignment]
+
+
+def kill_after_listings(child: subprocess.Popen[bytes], emulator: Emulator, count: int) -> None:
+    """SIGKILL the child run once the emulator has answered `count` listings (within a minute)."""
+    deadline = time.monotonic() + 60
+    while len(listings(emulator)) < count and time.monotonic() < deadline:
+        assert child.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait(timeout=10) == -signal.SIGKILL

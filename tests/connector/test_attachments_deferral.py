@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from typing import Any
 
@@ -16,7 +14,7 @@ import pytest
 
 from connector.emulator.emulator import Emulator
 from connector.watermarks import MAX_SKIP, MAX_SPANS
-from tests.attachmenttools import attachment_rows, every_listing, listings, loaded
+from tests.attachmenttools import attachment_rows, every_listing, kill_after_listings, listings, loaded
 from tests.synctools import Warehouse, expected_customers, normalise, readable
 from tests.utils import API_KEY, ROOT
 
@@ -262,12 +260,7 @@ def test_a_run_killed_while_listing_a_watermark_loses_no_listing(
     env = {**os.environ, "KEY": API_KEY, "PYTHONPATH": str(REPO)}
     args = [base_url, str(warehouse.db), str(warehouse.pipelines_dir), warehouse.name]
     child = subprocess.Popen([sys.executable, "-c", CHILD, *args], env=env, cwd=tmp_path)
-    deadline = time.monotonic() + 60
-    while len(listings(emulator)) < 20 and time.monotonic() < deadline:
-        assert child.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.005)
-    child.send_signal(signal.SIGKILL)
-    assert child.wait(timeout=10) == -signal.SIGKILL
+    kill_after_listings(child, emulator, 20)
     assert spans(warehouse) == before  # the killed run committed nothing
     emulator.latency = 0.0
 

@@ -11,10 +11,8 @@ import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +27,7 @@ from connector.sync import run_sync
 from tests.attachmenttools import (
     attachment_rows,
     every_listing,
+    kill_after_listings,
     listings,
     loaded,
     refresh_clock,
@@ -96,13 +95,18 @@ def change_attachments(emulator: Emulator, company: Any, count: int = 4) -> tupl
     return added, removed
 
 
-def test_a_removed_attachment_of_a_changed_customer_is_retired_by_a_normal_run(
-    emulator: Emulator, base_url: str, tmp_path: Path
-) -> None:
+def synced(emulator: Emulator, base_url: str, tmp_path: Path) -> tuple[Warehouse, Any, str]:
+    """A warehouse after a first sync, a company with attachments and one of its customers with some."""
     warehouse = Warehouse(tmp_path, base_url)
     warehouse.sync()
     company = company_with_attachments(emulator)
-    customer = customers_with(company)[0]
+    return warehouse, company, customers_with(company)[0]
+
+
+def test_a_removed_attachment_of_a_changed_customer_is_retired_by_a_normal_run(
+    emulator: Emulator, base_url: str, tmp_path: Path
+) -> None:
+    warehouse, company, customer = synced(emulator, base_url, tmp_path)
     connection = company.accounting_connections[0].id
     before = {a.id for a in company.attachments[(connection, customer)]}
     emulator.store.mutate(company.id, "detach", ids=[customer])
@@ -271,10 +275,7 @@ def test_a_failed_or_deferred_listing_retires_nothing(
 def test_a_deleted_customer_takes_its_attachments_out_of_the_view(
     emulator: Emulator, base_url: str, tmp_path: Path
 ) -> None:
-    warehouse = Warehouse(tmp_path, base_url)
-    warehouse.sync()
-    company = company_with_attachments(emulator)
-    customer = customers_with(company)[0]
+    warehouse, company, customer = synced(emulator, base_url, tmp_path)
     emulator.store.mutate(company.id, "delete", ids=[customer])
 
     warehouse.sync()
@@ -316,12 +317,7 @@ def test_a_run_killed_during_a_refresh_then_a_rerun_gives_what_a_clean_run_gives
     args = [base_url, str(killed.db), str(killed.pipelines_dir), killed.name, day]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD.format(key=API_KEY), *args], env=env)
-    deadline = time.monotonic() + 60
-    while len(listings(emulator)) < 40 and time.monotonic() < deadline:
-        assert child.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.005)
-    child.send_signal(signal.SIGKILL)
-    assert child.wait(timeout=10) == -signal.SIGKILL
+    kill_after_listings(child, emulator, 40)
     emulator.latency = 0.0
 
     sync_at(killed, START + timedelta(days=1, hours=1), refresh_attachments=True)
