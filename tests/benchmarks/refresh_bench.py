@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -133,6 +134,9 @@ def bench_refresh(quick: bool = False) -> dict[str, Any]:
     requests_needed = figures["full_refresh_listings"] + figures["customers"] // 5000 + figures["companies"]
     figures["full_refresh_requests"] = requests_needed
     figures["full_refresh_minutes_at_codat_limit"] = round(requests_needed / (1000 * share), 0)
+    # This process's own peak: the emulators it starts are its children, and a parent's `wait4`
+    # would count them in.
+    figures["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return figures
 
 
