@@ -30,14 +30,20 @@ import pendulum
 
 from connector import refresh as rolling
 from connector.client import CodatClient
-from connector.defaults import DEFAULT_IN_FLIGHT_PER_COMPANY, DEFAULT_PAGE_SIZE, DEFAULT_QUOTA_RESERVE
+from connector.defaults import (
+    CODAT_DAILY_REQUESTS_PER_COMPANY,
+    DEFAULT_IN_FLIGHT_PER_COMPANY,
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_QUOTA_RESERVE,
+    DEFAULT_REFRESH_DAYS,
+)
 from connector.errors import CodatApiError, PagingError, RunStopped
 from connector.files import FileStore
 from connector.pacing import QUOTA_SPENT, CompanyQueue, checked_in_flight
 from connector.paging import ModifiedDateSeekPaginator
 from connector.records import LISTINGS_TABLE, Json, map_attachment, parse_codat_datetime
-from connector.refresh import CODAT_DAILY_REQUESTS_PER_COMPANY, DEFAULT_REFRESH_DAYS, Cycle, cycle_days
 from connector.refresh import STATE_KEY as REFRESH_STATE_KEY
+from connector.refresh import Cycle, cycle_days
 from connector.status import OK, UNCHANGED, RunReport
 from connector.watermarks import (
     LEGACY_STATE_KEY,

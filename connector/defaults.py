@@ -16,6 +16,8 @@ DEFAULT_IN_FLIGHT_PER_COMPANY = MAX_IN_FLIGHT_PER_COMPANY
 DEFAULT_REQUESTS_PER_MINUTE = 1000  # Codat's limit per IP address
 DEFAULT_RATE_WINDOW = 60.0  # seconds the limit above counts over
 DEFAULT_QUOTA_RESERVE = 100  # daily requests left alone by attachment listings, for customer pages
+CODAT_DAILY_REQUESTS_PER_COMPANY = 1000  # Codat's daily quota is 1,000 x (1 + companies)
+DEFAULT_REFRESH_DAYS = 7.0  # every customer's attachments listed again within this many days
 
 # -- retries and stopping --------------------------------------------------------------------
 DEFAULT_MAX_ATTEMPTS = 6

@@ -23,8 +23,6 @@ from connector.records import Json, format_codat_datetime, parse_codat_datetime
 from connector.watermarks import Key, key_from_state, key_to_state
 
 STATE_KEY = "attachment_refresh"
-DEFAULT_REFRESH_DAYS = 7.0
-CODAT_DAILY_REQUESTS_PER_COMPANY = 1000  # Codat's daily quota is 1,000 x (1 + companies)
 
 
 def now() -> datetime:

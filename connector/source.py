@@ -33,6 +33,7 @@ from connector.defaults import (
     DEFAULT_QUOTA_RESERVE,
     DEFAULT_RATE_WINDOW,
     DEFAULT_READ_TIMEOUT,
+    DEFAULT_REFRESH_DAYS,
     DEFAULT_REQUESTS_PER_MINUTE,
 )
 from connector.errors import CodatApiError, InvalidOption
@@ -49,7 +50,6 @@ from connector.records import (
     Json,
     parse_codat_datetime,
 )
-from connector.refresh import DEFAULT_REFRESH_DAYS
 from connector.status import RunReport
 
 

@@ -30,6 +30,7 @@ import dlt
 import requests
 
 from connector import refresh
+from connector.defaults import CODAT_DAILY_REQUESTS_PER_COMPANY
 from connector.destinations import duckdb_destination
 from connector.emulator.launch import emulator_process
 from connector.sync import SyncSummary, run_sync
@@ -37,7 +38,6 @@ from tests.attachmenttools import refresh_clock
 
 KEY = "bench-key"
 START = datetime(2026, 3, 2, 3, 30, tzinfo=UTC)
-CODAT_REQUESTS_PER_COMPANY_A_DAY = 1000  # the daily quota: 1,000 x (1 + companies)
 PACED_LIMIT, PACED_WINDOW, PACED_LATENCY = 1000, 6.0, 0.05
 
 
@@ -81,7 +81,7 @@ def daily_cost(companies: int, customers: int) -> dict[str, Any]:
         daily, daily_s = timed_run(pipeline, START + timedelta(days=1), **unpaced)
         full_listings = account_listings(url)
         state = pipeline.state.get("sources", {}).get("codat", {}).get(refresh.STATE_KEY, {})
-    quota = CODAT_REQUESTS_PER_COMPANY_A_DAY * (1 + companies)
+    quota = CODAT_DAILY_REQUESTS_PER_COMPANY * (1 + companies)
     return {
         "companies": companies,
         "customers": loaded.customers_new,
