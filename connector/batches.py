@@ -13,7 +13,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import MAXYEAR, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from dlt.common.data_types import TDataType
 from dlt.common.schema.typing import TColumnSchema, TTableSchemaColumns
 
-from connector.records import Json, is_no_date, parse_codat_datetime
+from connector.records import NULL_DATE_YEAR, Json, is_no_date, parse_codat_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +177,38 @@ class CustomerPage:
         return int(pc.sum(self.customers.column("is_deleted")).as_py() or 0)
 
 
+class PageBatch:
+    """Pages gathered into larger tables before they go to dlt, which costs the same per table however big.
+
+    dlt checks a table's schema hints each time it is handed one; a page of a small company is
+    a few rows. Gathered, they are a few tables per run. Pages of several companies mix in one
+    batch: each row names its company.
+    """
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self._pages: list[CustomerPage] = []
+        self._count = 0
+
+    def add(self, page: CustomerPage) -> bool:
+        """Keep a page; True when the batch holds `rows` customers or more (time to `take` it)."""
+        self._pages.append(page)
+        self._count += page.customers.num_rows
+        return self._count >= self.rows
+
+    def take(self) -> list[tuple[str, pa.Table]]:
+        """The batch as (table name, Arrow table) pairs, customers first; the batch is empty after."""
+        pages, self._pages, self._count = self._pages, [], 0
+        if not pages:
+            return []
+        tables = [("customers", pa.concat_tables([p.customers for p in pages]))]
+        for name in CHILD_TABLES:
+            parts = [p.children[name] for p in pages if name in p.children]
+            if parts:
+                tables.append((name, pa.concat_tables(parts)))
+        return tables
+
+
 class PageBuilder:
     """Builds the Arrow tables of customer pages, warning once per field it does not map or read."""
 
@@ -190,7 +222,7 @@ class PageBuilder:
         company_id: str,
         extracted_at: datetime,
         load_id: str,
-        modified: Sequence[datetime | None] | None = None,
+        modified: pa.Array | None = None,
     ) -> CustomerPage:
         """The tables of one page of Codat customer records.
 
@@ -203,30 +235,30 @@ class PageBuilder:
             company_id: The company they belong to.
             extracted_at: When the page was read (newest wins when one run sees a customer twice).
             load_id: The dlt load id stamped on every customer row.
-            modified: The records' `modifiedDate`s if the caller already parsed them.
+            modified: The records' `modifiedDate`s if the caller already read them (`modified_dates`).
         """
         try:
             parsed = pa.array(records, type=CUSTOMER_STRUCT)
+            shaped = True  # every list a list of objects, every text text, ...
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             parsed = pa.array([_conform(r, CUSTOMER_STRUCT) for r in records], type=CUSTOMER_STRUCT)
+            shaped = False
         count = len(records)
         prefix = secrets.token_urlsafe(9)
         root_ids = pa.array([f"{prefix}{i:x}" for i in range(count)], TEXT)
-        if modified is None:
-            modified = [parse_codat_datetime(r.get("modifiedDate")) for r in records]
         columns: dict[str, Any] = {"company_id": pa.array([company_id] * count, TEXT)}
         for key, column in CUSTOMER_TEXT:
             columns[column] = pc.struct_field(parsed, key)
-        columns["modified_date"] = pa.array(modified, TIMESTAMP)
-        columns["source_modified_date"] = _dates(pc.struct_field(parsed, "sourceModifiedDate"))
+        columns["modified_date"] = modified_dates(records) if modified is None else modified
+        columns["source_modified_date"] = parse_dates(pc.struct_field(parsed, "sourceModifiedDate"))
         self._check_dates(records, company_id, "modifiedDate", columns["modified_date"])
         self._check_dates(records, company_id, "sourceModifiedDate", columns["source_modified_date"])
         columns["is_deleted"] = pc.fill_null(pc.struct_field(parsed, ["metadata", "isDeleted"]), False)
         columns["extracted_at"] = pa.array([extracted_at] * count, TIMESTAMP)
         columns["supplemental_data"] = pa.array(
-            [_json_or_none(r.get("supplementalData")) for r in records], TEXT
+            [None if (v := r.get("supplementalData")) is None else _json_text(v) for r in records], TEXT
         )
-        columns[UNMAPPED] = pa.array([self._unmapped(r) for r in records], TEXT)
+        columns[UNMAPPED] = pa.array(self._unmapped_fields(records, shaped), TEXT)
         columns["_dlt_load_id"] = pa.array([load_id] * count, TEXT)
         columns["_dlt_id"] = root_ids
         children = _children(parsed, root_ids, company_id)
@@ -241,6 +273,8 @@ class PageBuilder:
         """Warn, once per field in a run, of a date Codat sent that cannot be read (stored as NULL)."""
         if key in self._unreadable or read.null_count == 0:
             return
+        if read.null_count == sum(1 for r in records if is_no_date(r.get(key))):
+            return  # every NULL is Codat's own "no date"
         for record, moment in zip(records, read.to_pylist(), strict=True):
             value = record.get(key)
             if moment is None and value is not None and not is_no_date(value):
@@ -255,6 +289,12 @@ class PageBuilder:
                     key,
                 )
                 return
+
+    def _unmapped_fields(self, records: Sequence[Json], shaped: bool) -> list[str | None]:
+        """Each record's `unmapped_fields`; a page Arrow read as it is (`shaped`) of known keys at once."""
+        if shaped and _all_keys_known(records):
+            return [None] * len(records)
+        return [self._unmapped(r) for r in records]
 
     def _unmapped(self, record: Json) -> str | None:
         if CUSTOMER_KEYS.issuperset(record) and _children_known(record):
@@ -282,6 +322,29 @@ class PageBuilder:
                 ", ".join(sorted(new)),
             )
         return _json_or_none(extra) if extra else None
+
+
+def _all_keys_known(records: Sequence[Json]) -> bool:
+    """Whether no record of the page, nor any of their addresses, contacts or phones, has a key not mapped.
+
+    For records Arrow read as `CUSTOMER_STRUCT`, which refuses any list that is not a list of
+    objects (or nulls). A union of key sets per level, not a walk of each record: the common
+    case, a page of known fields, costs a few set operations. A null item in a list is left to
+    `_unmapped`, which keeps it.
+    """
+    if not CUSTOMER_KEYS.issuperset(set().union(*records)):
+        return False
+    addresses = [a for r in records for a in r.get("addresses") or ()]
+    contacts = [c for r in records for c in r.get("contacts") or ()]
+    if None in addresses or None in contacts:
+        return False
+    phones = [p for c in contacts for p in c.get("phone") or ()]
+    return (
+        None not in phones
+        and ADDRESS_KEYS.issuperset(set().union(*addresses))
+        and CONTACT_KEYS.issuperset(set().union(*contacts))
+        and PHONE_KEYS.issuperset(set().union(*phones))
+    )
 
 
 def _list_of_dicts(value: Any) -> bool:
@@ -320,7 +383,7 @@ def _children(parsed: pa.StructArray, root_ids: pa.Array, company_id: str) -> di
     contact_address = pc.struct_field(contacts, "address")
     contact_columns = [pc.struct_field(contacts, key) for key, _ in CONTACT_TEXT]
     contact_columns += [pc.struct_field(contact_address, key) for key, _ in ADDRESS_TEXT]
-    contact_columns.append(_dates(pc.struct_field(contacts, "modifiedDate")))
+    contact_columns.append(parse_dates(pc.struct_field(contacts, "modifiedDate")))
     return {
         ADDRESSES: _child_table(
             ADDRESS_SCHEMA,
@@ -378,8 +441,46 @@ def _child_table(
     return pa.Table.from_arrays([*values, company, roots, parents, positions, ids], schema=schema)
 
 
-def _dates(texts: pa.Array) -> pa.Array:
+# Codat's date forms (`connector.records._CODAT_DATE`), brought by regex to the one Arrow casts
+# in C++ (seconds, up to six fractional digits, `Z` or an offset): a 7th digit dropped, a date
+# alone made midnight, no zone made UTC, as `parse_codat_datetime` reads them.
+DATE_REWRITES = (
+    (r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6})\d", r"\1"),
+    (r"^(\d{4}-\d{2}-\d{2})$", r"\1T00:00:00"),
+    (r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?)$", r"\1Z"),
+)
+ARROW_DATE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:[0-5]\d)$"
+
+
+def parse_dates(texts: pa.Array) -> pa.Array:
+    """Codat dates (text) as UTC timestamps, exactly as `parse_codat_datetime` reads each.
+
+    In Arrow, when every value has one of Codat's forms and is a real instant; otherwise (text
+    that is no date, month 13, year 0) value by value in Python.
+    """
+    if texts.null_count == len(texts):
+        return pa.nulls(len(texts), TIMESTAMP)
+    rewritten = texts
+    for pattern, replacement in DATE_REWRITES:
+        rewritten = pc.replace_substring_regex(rewritten, pattern, replacement)
+    if pc.all(pc.match_substring_regex(rewritten, ARROW_DATE)).as_py():
+        try:
+            moments = pc.cast(rewritten, TIMESTAMP)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # shaped like a date but impossible (month 13)
+        else:
+            years = pc.year(moments)
+            # Year 0, or past 9999 once in UTC: no date in Python's calendar.
+            if not pc.any(pc.or_(pc.less(years, NULL_DATE_YEAR), pc.greater(years, MAXYEAR))).as_py():
+                return pc.if_else(pc.equal(years, NULL_DATE_YEAR), pa.scalar(None, TIMESTAMP), moments)
     return pa.array([parse_codat_datetime(v) for v in texts.to_pylist()], TIMESTAMP)
+
+
+def modified_dates(records: Sequence[Json]) -> pa.Array:
+    """The records' `modifiedDate`s as UTC timestamps (NULL where none can be read)."""
+    return parse_dates(
+        pa.array([v if isinstance(v := r.get("modifiedDate"), str) else None for r in records], TEXT)
+    )
 
 
 def _conform(value: Any, kind: pa.DataType) -> Any:
@@ -396,7 +497,9 @@ def _conform(value: Any, kind: pa.DataType) -> Any:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _json_or_none(value: Any) -> str | None:
-    if value is None:
-        return None
+def _json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else _json_text(value)

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from connector.batches import CustomerPage, PageBuilder
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connector.batches import CustomerPage, PageBuilder, modified_dates
 from connector.client import CodatClient
 from connector.errors import CodatApiError, PagingError
 from connector.paging import ModifiedDateSeekPaginator
@@ -34,27 +37,36 @@ class BoundaryDeduper:
         self.boundary = set(boundary)
         self.read_any = False  # whether a page with records has been read
 
-    def fresh(
-        self, records: list[Json], modified: list[datetime | None]
-    ) -> tuple[list[Json], list[datetime | None]]:
-        """The records of a page (and their `modifiedDate`s) not loaded before, in order."""
-        kept: list[Json] = []
-        kept_dates: list[datetime | None] = []
-        cursor = self.cursor
+    def fresh(self, records: list[Json], modified: pa.Array) -> tuple[list[Json], pa.Array]:
+        """The records of a page (and their `modifiedDate`s, an Arrow timestamp array) not loaded before.
+
+        Only records at the cursor are compared, and only the page's latest instant is hashed for
+        the next boundary: the dates are compared in Arrow, not record by record in Python.
+        """
         self.read_any = self.read_any or bool(records)
-        for record, date in zip(records, modified, strict=True):
-            if date is not None and date == cursor:
-                digest = record_hash(record)
+        dropped: list[int] = []
+        if self.cursor is not None:
+            for index in _indices_at(modified, self.cursor):
+                digest = record_hash(records[index])
                 if digest in self.boundary:
-                    continue
-                self.boundary.add(digest)
-            kept.append(record)
-            kept_dates.append(date)
-        top = max((d for d in modified if d is not None), default=None)
-        if top is not None and (cursor is None or top > cursor):
+                    dropped.append(index)
+                else:
+                    self.boundary.add(digest)
+        top = pc.max(modified).as_py() if len(modified) else None
+        if top is not None and (self.cursor is None or top > self.cursor):
             self.cursor = top
-            self.boundary = {record_hash(r) for r, d in zip(records, modified, strict=True) if d == top}
-        return kept, kept_dates
+            self.boundary = {record_hash(records[i]) for i in _indices_at(modified, top)}
+        if not dropped:
+            return records, modified
+        keep = set(range(len(records))).difference(dropped)
+        mask = pa.array([i in keep for i in range(len(records))])
+        return [r for i, r in enumerate(records) if i in keep], modified.filter(mask)
+
+
+def _indices_at(modified: pa.Array, instant: datetime) -> list[int]:
+    """The positions of `modified` at exactly `instant`."""
+    same = pc.fill_null(pc.equal(modified, pa.scalar(instant, modified.type)), False)
+    return list(pc.indices_nonzero(same).to_pylist())
 
 
 @dataclass
@@ -124,9 +136,7 @@ class CustomerSync:
             for body in self.client.list_customers(company_id, paginator):
                 seen_at = self.clock.now()
                 results = body.get("results") or []
-                records, dates = deduper.fresh(
-                    results, [parse_codat_datetime(r.get("modifiedDate")) for r in results]
-                )
+                records, dates = deduper.fresh(results, modified_dates(results))
                 if not records:
                     continue
                 page = self.builder.build(records, company_id, seen_at, self.load_id, dates)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,16 +56,19 @@ class ExtractionClock:
     """Strictly increasing UTC instants, stamped on rows as `extractedAt`.
 
     One run may see a customer twice (it moved while the run paged); the merge keeps the
-    row seen last, which is never older, by sorting duplicates on this stamp.
+    row seen last, which is never older, by sorting duplicates on this stamp. Companies are read
+    on several threads (`connector.readers`): one clock serves them all.
     """
 
     def __init__(self) -> None:
         self._last = datetime.min.replace(tzinfo=UTC)
+        self._lock = threading.Lock()
 
     def now(self) -> datetime:
         """The current instant, at least a microsecond after the previous one."""
-        self._last = max(datetime.now(UTC), self._last + timedelta(microseconds=1))
-        return self._last
+        with self._lock:
+            self._last = max(datetime.now(UTC), self._last + timedelta(microseconds=1))
+            return self._last
 
 
 def record_hash(record: Json) -> str:

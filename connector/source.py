@@ -14,15 +14,17 @@ from dlt.common.schema.typing import TTableSchemaColumns
 from dlt.sources import DltResource
 
 from connector.attachments import AttachmentSync, Collector
-from connector.batches import CHILD_TABLES, CUSTOMER_COLUMNS, child_columns
+from connector.batches import CHILD_TABLES, CUSTOMER_COLUMNS, PageBatch, child_columns
 from connector.client import CodatClient
 from connector.customers import CustomerSync, accounting_connection_ids
 from connector.defaults import (
+    CUSTOMERS_PER_BATCH,
     DEFAULT_BACKOFF_FACTOR,
     DEFAULT_BASE_URL,
     DEFAULT_BREAKER_FAILURES,
     DEFAULT_BREAKER_SECONDS,
     DEFAULT_BREAKER_SILENCE,
+    DEFAULT_COMPANY_CONCURRENCY,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_FILES_URL,
     DEFAULT_IN_FLIGHT_PER_COMPANY,
@@ -35,11 +37,13 @@ from connector.defaults import (
     DEFAULT_READ_TIMEOUT,
     DEFAULT_REFRESH_DAYS,
     DEFAULT_REQUESTS_PER_MINUTE,
+    MAX_COMPANY_CONCURRENCY,
 )
 from connector.errors import CodatApiError, InvalidOption
 from connector.files import FileStore
 from connector.placement import shard_of
 from connector.progress import Progress
+from connector.readers import CompanyReaders
 from connector.records import (
     ATTACHMENT_COLUMNS,
     ATTACHMENT_KEY,
@@ -110,6 +114,7 @@ def codat_source(
     page_size: int = DEFAULT_PAGE_SIZE,
     attachments: bool = True,
     attachment_concurrency: int = DEFAULT_IN_FLIGHT_PER_COMPANY,
+    company_concurrency: int = DEFAULT_COMPANY_CONCURRENCY,
     request_budget: int | None = None,
     requests_per_minute: int | None = DEFAULT_REQUESTS_PER_MINUTE,
     rate_window: float = DEFAULT_RATE_WINDOW,
@@ -146,6 +151,9 @@ def codat_source(
         attachments: List customers' attachment metadata: the changed ones, and the refresh's share.
         attachment_concurrency: Requests in flight per company (attachment listings and
             customer pages together), 1 to 10 (Codat's limit).
+        company_concurrency: Companies whose customer pages are read at once (each company's
+            in order), so that one company's wait for Codat's answer is spent reading others;
+            1 reads them one after another.
         request_budget: Requests this run may spend; attachment listings beyond it wait
             in the state for the next run, which does them first.
         requests_per_minute: Requests the client sends in any `rate_window` seconds, every
@@ -196,7 +204,7 @@ def codat_source(
         InvalidOption: An option is out of range; the message names it. No request is sent.
     """
     window = _window(since, until)
-    _check_options(company_ids, company_query, page_size, request_budget, max_attempts)
+    _check_options(company_ids, company_query, page_size, request_budget, max_attempts, company_concurrency)
     _check_shard(shards, shard)
     _check_not_negative(
         max_file_size=max_file_size,
@@ -288,17 +296,32 @@ def codat_source(
         if attachments:
             attachment_sync().customers_started(state)
         load_id = dlt.current.load_package_state()["load_id"]
-        sync = CustomerSync(client, state, page_size, load_id, *window)
+        # Readers move their company's cursor here; it goes into the state once the company's
+        # pages are all taken, so the state never runs ahead of the pages the extract wrote.
+        moved: dict[str, Any] = dict(state)
+        sync = CustomerSync(client, moved, page_size, load_id, *window)
         progress = Progress()
         client.requests.listeners.append(progress.requests)
-        progress.companies(len(account()))
-        for company in account():
-            for page in sync.pages(company, run_report.company(company["id"], company.get("name"))):
+        companies = account()
+        progress.companies(len(companies))
+        outcomes = {c["id"]: run_report.company(c["id"], c.get("name")) for c in companies}  # in order
+        readers = CompanyReaders(
+            companies,
+            lambda company: sync.pages(company, outcomes[company["id"]]),
+            readers=company_concurrency,
+            buffered=company_concurrency,
+        )
+        batch = PageBatch(CUSTOMERS_PER_BATCH)
+        for company, page in readers:
+            if page is None:
+                if company["id"] in moved:
+                    state[company["id"]] = moved[company["id"]]
+                progress.company_done()
+            else:
                 progress.customers(page.customers.num_rows)
-                yield page.customers
-                for table, rows in page.children.items():
-                    yield dlt.mark.with_table_name(rows, table)
-            progress.company_done()
+                if batch.add(page):
+                    yield from _tables(batch)
+        yield from _tables(batch)
         if attachments:
             attachment_sync().customers_read()
 
@@ -337,14 +360,12 @@ def codat_source(
         )
 
     @dlt.transformer(data_from=customers)
-    def customer_attachments(page: Any) -> Iterator[Collector]:
+    def customer_attachments(batch: Any) -> Iterator[Collector]:
         # The customers resource also yields its child tables: only the customers table (the
-        # one that links to no parent) names customers.
-        if isinstance(page, pa.Table) and "_dlt_parent_id" not in page.column_names and page.num_rows:
-            company_id = str(page.column("company_id")[0])
-            dates, ids = page.column("modified_date").to_pylist(), page.column("id").to_pylist()
-            customers = list(zip(dates, ids, strict=True))
-            yield from attachment_sync().for_customers(company_id, customers)
+        # one that links to no parent) names customers, of one company or more.
+        if isinstance(batch, pa.Table) and "_dlt_parent_id" not in batch.column_names:
+            for company_id, customers in _by_company(batch):
+                yield from attachment_sync().for_customers(company_id, customers)
 
     @dlt.resource(table_name="customer_attachments")
     def customer_attachments_backlog() -> Iterator[Collector]:
@@ -375,6 +396,24 @@ def codat_source(
     return resources
 
 
+def _tables(batch: PageBatch) -> Iterator[Any]:
+    """A batch of customer pages as dlt items: the customers table, then each child table by name."""
+    for name, table in batch.take():
+        yield table if name == "customers" else dlt.mark.with_table_name(table, name)
+
+
+def _by_company(customers: pa.Table) -> Iterator[tuple[str, list[tuple[Any, str]]]]:
+    """The (modifiedDate, id) of a batch's customers, company by company, in their order."""
+    companies = customers.column("company_id").to_pylist()
+    pairs = zip(
+        customers.column("modified_date").to_pylist(), customers.column("id").to_pylist(), strict=True
+    )
+    grouped: dict[str, list[tuple[Any, str]]] = {}
+    for company_id, pair in zip(companies, pairs, strict=True):
+        grouped.setdefault(company_id, []).append(pair)
+    yield from grouped.items()
+
+
 def setting(name: str) -> str:
     """A source option as a user sets it: `page_size (SOURCES__CODAT__PAGE_SIZE)`."""
     return f"{name} (SOURCES__CODAT__{name.upper()})"
@@ -386,6 +425,7 @@ def _check_options(
     page_size: int,
     request_budget: int | None,
     max_attempts: int,
+    company_concurrency: int,
 ) -> None:
     """Reject options that would widen the run or spend requests on nothing."""
     if company_ids is not None and (not company_ids or not all(str(c).strip() for c in company_ids)):
@@ -401,6 +441,11 @@ def _check_options(
         raise InvalidOption(f"{setting('request_budget')} must be at least 1 request; got {request_budget}")
     if max_attempts < 1:
         raise InvalidOption(f"{setting('max_attempts')} must be at least 1; got {max_attempts}")
+    if not 1 <= company_concurrency <= MAX_COMPANY_CONCURRENCY:
+        raise InvalidOption(
+            f"{setting('company_concurrency')} must be between 1 and {MAX_COMPANY_CONCURRENCY}; "
+            f"got {company_concurrency}"
+        )
 
 
 def _check_shard(shards: int, shard: int) -> None:

@@ -46,6 +46,7 @@ def emulator(emulator_server: EmulatorServer) -> Emulator:
     emu = emulator_server.emulator
     emu.reset(DEFAULT_SIZING.seed, DEFAULT_SIZING.companies, DEFAULT_SIZING.customers)
     emu.latency = 0.0
+    emu.latency_per_record = 0.0
     emu.limiter.daily_limit = None
     emu.limiter.max_concurrent = 10
     emu.limiter.per_minute_limit = None  # the suite sends thousands of requests a minute

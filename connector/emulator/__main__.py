@@ -47,6 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds each admitted request takes, holding its concurrency slot (default: 0)",
     )
     parser.add_argument(
+        "--latency-per-record",
+        type=float,
+        default=0.0,
+        help="seconds more per record a page carries, so a page of 5000 takes longer than one of 1 "
+        "(default: 0)",
+    )
+    parser.add_argument(
         "--daily-limit",
         type=int,
         default=None,
@@ -82,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Start the emulator and serve until Ctrl-C."""
     args = parse_args(argv)
-    for name in ("companies", "customers", "per_minute_limit"):
+    for name in ("companies", "customers", "per_minute_limit", "latency", "latency_per_record"):
         if getattr(args, name) < 0:
             print(f"--{name.replace('_', '-')} must be 0 or more", file=sys.stderr)
             return 2
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         Sizing(seed=args.seed, companies=args.companies, customers=args.customers),
         api_key=args.api_key,
         latency=args.latency,
+        latency_per_record=args.latency_per_record,
         daily_limit=args.daily_limit,
         push_delay=args.push_delay,
         per_minute_limit=args.per_minute_limit or None,

@@ -119,7 +119,7 @@ def paged(request: Request, encoded: list[bytes], total: int, page: int, page_si
             b"}",
         ]
     )
-    return Response(200, body)
+    return Response(200, body, records=len(encoded))
 
 
 def paged_json(request: Request, records: list[Json], page: int, page_size: int) -> Response:

@@ -26,6 +26,7 @@ class ControlledEmulator(Protocol):
     ledger: PushLedger
     faults: FaultPlan
     latency: float
+    latency_per_record: float
     request_log: deque[dict[str, Any]]
 
     def reset(
@@ -134,6 +135,8 @@ def _config(emulator: ControlledEmulator, body: Any) -> Any:
     limiter.per_minute_limit, limiter.window_seconds = per_minute_limit, window_seconds
     if "latency" in body:
         emulator.latency = float(body["latency"])
+    if "latency_per_record" in body:
+        emulator.latency_per_record = float(body["latency_per_record"])
     if "daily_limit" in body:
         emulator.limiter.daily_limit = body["daily_limit"]
     if "push_delay" in body:
@@ -142,6 +145,7 @@ def _config(emulator: ControlledEmulator, body: Any) -> Any:
         emulator.limiter.max_concurrent = int(body["max_concurrent"])
     return {
         "latency": emulator.latency,
+        "latency_per_record": emulator.latency_per_record,
         "daily_limit": emulator.limiter.limit,
         "push_delay": emulator.ledger.delay,
         "max_concurrent": emulator.limiter.max_concurrent,

@@ -93,6 +93,7 @@ class Emulator:
         sizing: Sizing | None = None,
         api_key: str = DEFAULT_API_KEY,
         latency: float = 0.0,
+        latency_per_record: float = 0.0,
         daily_limit: int | None = None,
         push_delay: float = DEFAULT_PUSH_DELAY,
         per_minute_limit: int | None = None,
@@ -101,6 +102,7 @@ class Emulator:
         self.store = Store(sizing or Sizing())
         self.api_key = api_key
         self.latency = latency
+        self.latency_per_record = latency_per_record
         self.ledger = PushLedger(delay=push_delay)
         self.faults = FaultPlan()
         self.limiter = RateLimiter(
@@ -254,12 +256,15 @@ class Emulator:
         return proceed()
 
     def wait_latency(self, exchange: Exchange, proceed: Proceed) -> Response:
-        """Spend the configured latency before answering."""
+        """Spend the configured latency before answering, and the per-record time of a page."""
         # Latency and slow faults are time spent serving: the request holds its concurrency
         # slot and, for a POST with an Idempotency-Key, its claim on the key meanwhile.
         if self.latency:
             time.sleep(self.latency)
-        return proceed()
+        response = proceed()
+        if self.latency_per_record and response.records:
+            time.sleep(self.latency_per_record * response.records)
+        return response
 
     def answer_error_fault(self, exchange: Exchange, proceed: Proceed) -> Response:
         """An error fault's answer in place of the route's."""

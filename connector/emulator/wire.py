@@ -44,6 +44,7 @@ class Response:
     body: bytes
     content_type: str = "application/json; charset=utf-8"
     headers: dict[str, str] = field(default_factory=dict)
+    records: int = 0  # the records of a page it carries (for the per-record latency)
 
 
 class CodatError(Exception):

@@ -30,6 +30,7 @@ EMULATOR_READY_TIMEOUT = 900.0
 CHILD_TIMEOUT = 1800.0
 # Far above any benchmark's use: the quota is not what is measured.
 EMULATOR_DAILY_LIMIT = 100_000_000
+CHANGED_SHARE = 0.01  # customers changed before an incremental run
 
 Figures = dict[str, Any]
 
@@ -54,30 +55,49 @@ def run_child(module: str, args: list[str], workdir: Path, timeout: float = CHIL
     it reaps), never the parent's nor the emulator's. The child runs in `workdir` with dlt's
     project and data directories there, so neither the repository's `.dlt/` nor `~/.dlt` is read.
     """
-    env = {
+    process = run_process([sys.executable, "-m", module, *args], workdir, timeout=timeout)
+    if process.status != 0:
+        raise ChildError(f"{module} {' '.join(args)} exited with {process.status}: {process.stderr[-2000:]}")
+    lines = process.stdout.strip().splitlines()
+    if not lines:
+        raise ChildError(f"{module} printed nothing: {process.stderr[-2000:]}")
+    return ChildRun(json.loads(lines[-1]), process.seconds, process.peak_rss_mib)
+
+
+@dataclass
+class ProcessRun:
+    """A finished child process: how it ended, what it printed, its wall time and peak RSS."""
+
+    status: int
+    stdout: str
+    stderr: str
+    seconds: float
+    peak_rss_mib: float
+
+
+def run_process(
+    command: list[str], workdir: Path, env: dict[str, str] | None = None, timeout: float = CHILD_TIMEOUT
+) -> ProcessRun:
+    """Run `command` in `workdir`, with dlt's project and data directories there, timed from spawn to exit."""
+    environment = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.getenv("PYTHONPATH")])),
         "DLT_PROJECT_DIR": str(workdir),
         "DLT_DATA_DIR": str(workdir / "dlt-data"),
         "RUNTIME__DLTHUB_TELEMETRY": "false",
         "RUNTIME__LOG_LEVEL": "ERROR",
+        **(env or {}),
     }
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, "-m", module, *args], cwd=workdir, stdout=out, stderr=err, env=env
-        )
+        process = subprocess.Popen(command, cwd=workdir, stdout=out, stderr=err, env=environment)
         status, usage = _wait(process, timeout)
         elapsed = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if status != 0:
-        raise ChildError(f"{module} {' '.join(args)} exited with {status}: {stderr.strip()[-2000:]}")
-    lines = stdout.strip().splitlines()
-    if not lines:
-        raise ChildError(f"{module} printed nothing: {stderr.strip()[-2000:]}")
-    return ChildRun(json.loads(lines[-1]), round(elapsed, 2), round(usage.ru_maxrss / 1024, 1))
+        return ProcessRun(
+            status, out.read(), err.read().strip(), round(elapsed, 2), round(usage.ru_maxrss / 1024, 1)
+        )
 
 
 def _wait(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, Any]:
@@ -176,6 +196,17 @@ def count_changed(database: Path, changed: dict[str, list[str]], since: datetime
         ).fetchall()
     found = {(str(company), str(customer)) for company, customer in rows}
     return sum((company, customer) in found for company, ids in changed.items() for customer in ids)
+
+
+def spread(customers: dict[str, int], share: float) -> dict[str, int]:
+    """How many customers to change per company: `share` of all (at least one), in proportion to size."""
+    total = max(1, round(sum(customers.values()) * share))
+    wanted = {company: count * total / sum(customers.values()) for company, count in customers.items()}
+    picked = {company: int(value) for company, value in wanted.items()}
+    by_remainder = sorted(wanted, key=lambda company: picked[company] - wanted[company])
+    for company in by_remainder[: total - sum(picked.values())]:
+        picked[company] += 1
+    return {company: count for company, count in picked.items() if count}
 
 
 def median(values: list[float]) -> float:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from connector.defaults import DEFAULT_COMPANY_CONCURRENCY
+
 MIB_PER_MB = 1_000_000 / 2**20
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
@@ -94,6 +96,7 @@ def rows(document: Document) -> list[Row]:
     table: list[Row] = []
     for name, section in (
         ("comparison", _comparison_rows),
+        ("floor", _floor_rows),
         ("scale", _scale_rows),
         ("emulator", _emulator_rows),
         ("attachments", _attachment_rows),
@@ -133,6 +136,76 @@ def _comparison_rows(figures: Document) -> Iterator[Row]:
         goal=True,
         target="equal",
     )
+
+
+def _steps(run: Document) -> str:
+    """Where a `codat-sync` process's time went: its steps, and the rest (imports, locks, counts, views)."""
+    steps = run.get("steps") or {}
+    rest = run["process_seconds"] - sum(steps.values())
+    return ", ".join(
+        [*(f"{name} {seconds:.1f} s" for name, seconds in steps.items()), f"the rest {rest:.1f} s"]
+    )
+
+
+def _floor_rows(figures: Document) -> Iterator[Row]:
+    small, large = figures.get("small"), figures.get("large")
+    if small is not None:
+        what = f"{small['customers']:,} customers in {small['companies']} companies"
+        floor_s, load = small["floor"]["process_seconds"], small["load"]
+        yield Row(f"floor: GET and json.loads every customer page, one process, {what}", floor_s, "s")
+        yield Row(
+            f"codat-sync --no-attachments, full load, whole process, {what}", load["process_seconds"], "s"
+        )
+        yield Row("... where its time goes", _steps(load["runs"][0]))
+        yield Row("... as a multiple of the floor", small["load_vs_floor"], "×", "<=", 2.5, "≤ 2.5×")
+        latency = f"{small['latency_s'] * 1000:.0f} ms per request"
+        for name, label, goal in (
+            ("latency", f"{latency}, {DEFAULT_COMPANY_CONCURRENCY} companies at once (the default)", 1.3),
+            ("latency_one_company_at_a_time", f"{latency}, one company at a time", None),
+            ("latency_per_record", f"{small['latency_per_record_s'] * 1e6:.0f} µs per record served", None),
+        ):
+            run = small[name]
+            target = ("<=", goal, f"≤ {goal}×") if goal else ()
+            yield Row(f"full load, {what}, {label}", run["process_seconds"], "s")
+            yield Row("... against answers at once", run["vs_no_latency"], "×", *target)
+        exact = all(
+            r["exact"] for r in [*load["runs"], *(small[n] for n in ("latency", "latency_per_record"))]
+        )
+        yield Row(
+            "customers in DuckDB = emulator's readable customers, every load above",
+            exact,
+            op="==",
+            goal=True,
+            target="exact",
+        )
+    if large is not None:
+        what = f"{large['customers']:,} customers in {large['companies']} companies"
+        full = large["full"]
+        yield Row(f"floor, {what}", large["floor"]["process_seconds"], "s")
+        yield Row(
+            f"codat-sync --no-attachments, full load, whole process, {what}", full["process_seconds"], "s"
+        )
+        yield Row("... where its time goes", _steps(full))
+        yield Row("... as a multiple of the floor", large["full_vs_floor"], "×", "<=", 2.5, "≤ 2.5×")
+        yield Row("... peak RSS", full["peak_rss_mib"], "MiB", "<=", 400 * MIB_PER_MB, "≤ 400 MB (381 MiB)")
+        incremental, slow = large["incremental"], large["incremental_latency"]
+        changed = f"incremental run after {incremental['changed']:,} customers (1%) changed, {what}"
+        yield Row(f"{changed}, answers at once", incremental["process_seconds"], "s")
+        yield Row(f"{changed}, {slow['latency_s'] * 1000:.0f} ms per request", slow["process_seconds"], "s")
+        yield Row(
+            "... against answers at once", large["incremental_latency_vs_none"], "×", "<=", 1.5, "≤ 1.5×"
+        )
+        exact = (
+            all(r["exact"] and r["changed_found"] == r["changed"] for r in (incremental, slow))
+            and full["exact"]
+        )
+        yield Row(
+            "customers in DuckDB exact, every change found, every load above",
+            exact,
+            op="==",
+            goal=True,
+            target="exact",
+        )
 
 
 def _scale_rows(figures: Document) -> Iterator[Row]:

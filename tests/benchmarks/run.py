@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:  # run as a script: `tests.benchmarks` must be imp
 
 from tests.benchmarks import report  # noqa: E402
 from tests.benchmarks.harness import (  # noqa: E402
+    CHANGED_SHARE,
     EmulatorHandle,
     Figures,
     count_changed,
@@ -38,12 +39,12 @@ from tests.benchmarks.harness import (  # noqa: E402
     median,
     run_child,
     running_emulator,
+    spread,
 )
 from tests.benchmarks.page_bench import bench_pages  # noqa: E402
 
 ENGINES = ("ours", "peer")
 COMPANY_COLUMN = {"ours": "company_id", "peer": "_companies_id"}
-CHANGED_SHARE = 0.01
 DEFAULT_ROUNDS = 2
 DEFAULT_SECONDS = 10.0
 
@@ -166,17 +167,6 @@ def size_curve(context: Context) -> Figures:
     return {"points": points}
 
 
-def spread(customers: dict[str, int], share: float) -> dict[str, int]:
-    """How many customers to change per company: `share` of all (at least one), in proportion to size."""
-    total = max(1, round(sum(customers.values()) * share))
-    wanted = {company: count * total / sum(customers.values()) for company, count in customers.items()}
-    picked = {company: int(value) for company, value in wanted.items()}
-    by_remainder = sorted(wanted, key=lambda company: picked[company] - wanted[company])
-    for company in by_remainder[: total - sum(picked.values())]:
-        picked[company] += 1
-    return {company: count for company, count in picked.items() if count}
-
-
 def scale_run(companies: int, customers: int) -> Figures:
     """A full load, then an incremental run after 1% of the customers changed; both checked exactly."""
     say(f"scale: emulator with {customers:,} customers in {companies} companies")
@@ -210,6 +200,15 @@ def scale_run(companies: int, customers: int) -> Figures:
             "full": full,
             "incremental": incremental,
         }
+
+
+@benchmark("floor")
+def floor_multiples(context: Context) -> Figures:
+    """The floor (GET and parse every page), and `codat-sync` processes as multiples of it, with latency."""
+    from tests.benchmarks.floor_bench import bench_floor
+
+    say("floor")
+    return bench_floor(quick=context.quick, say=say)
 
 
 @benchmark("scale")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pyarrow as pa
+
 from connector.customers import BoundaryDeduper
+from connector.records import Json
 
 T1 = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
 T2 = datetime(2024, 5, 1, 10, 0, 1, tzinfo=UTC)
@@ -25,10 +28,18 @@ DIGESTS = {
 }
 
 
+def fresh(
+    deduper: BoundaryDeduper, records: list[Json], dates: list[datetime | None]
+) -> tuple[list[Json], list[datetime | None]]:
+    """`deduper.fresh` with the dates as the Arrow timestamps it reads, and back as a list."""
+    kept, kept_dates = deduper.fresh(records, pa.array(dates, pa.timestamp("us", tz="UTC")))
+    return kept, kept_dates.to_pylist()
+
+
 def test_a_first_run_keeps_everything_and_moves_to_the_pages_top_instant() -> None:
     deduper = BoundaryDeduper(None, [])
 
-    kept = deduper.fresh([ACME, BOLT, COG], [T1, T2, T2])
+    kept = fresh(deduper, [ACME, BOLT, COG], [T1, T2, T2])
 
     assert kept == ([ACME, BOLT, COG], [T1, T2, T2])
     assert deduper.cursor == T2
@@ -38,7 +49,7 @@ def test_a_first_run_keeps_everything_and_moves_to_the_pages_top_instant() -> No
 def test_records_at_the_saved_cursor_are_dropped_only_if_unchanged() -> None:
     deduper = BoundaryDeduper(T1, [DIGESTS["ACME"], DIGESTS["BOLT"]])
 
-    kept = deduper.fresh([ACME, BOLT, COG], [T1, T1, T1])
+    kept = fresh(deduper, [ACME, BOLT, COG], [T1, T1, T1])
 
     assert kept == ([COG], [T1])  # COG arrived at the cursor's instant after the last run
     assert deduper.cursor == T1
@@ -48,7 +59,7 @@ def test_records_at_the_saved_cursor_are_dropped_only_if_unchanged() -> None:
 def test_a_record_changed_without_its_date_moving_is_kept() -> None:
     deduper = BoundaryDeduper(T1, [DIGESTS["ACME"]])
 
-    kept = deduper.fresh([ACME_RENAMED, BOLT], [T1, T2])
+    kept = fresh(deduper, [ACME_RENAMED, BOLT], [T1, T2])
 
     assert kept == ([ACME_RENAMED, BOLT], [T1, T2])
     assert deduper.cursor == T2
@@ -57,9 +68,9 @@ def test_a_record_changed_without_its_date_moving_is_kept() -> None:
 
 def test_the_record_a_seek_repeats_at_its_bound_is_dropped_on_the_next_page() -> None:
     deduper = BoundaryDeduper(None, [])
-    deduper.fresh([ACME, BOLT], [T1, T2])
+    fresh(deduper, [ACME, BOLT], [T1, T2])
 
-    kept = deduper.fresh([BOLT, COG], [T2, T3])  # the next seek asks for modifiedDate>=T2
+    kept = fresh(deduper, [BOLT, COG], [T2, T3])  # the next seek asks for modifiedDate>=T2
 
     assert kept == ([COG], [T3])
     assert (deduper.cursor, deduper.boundary) == (T3, {DIGESTS["COG"]})
@@ -67,9 +78,9 @@ def test_the_record_a_seek_repeats_at_its_bound_is_dropped_on_the_next_page() ->
 
 def test_a_tie_group_paged_twice_loads_each_record_once() -> None:
     deduper = BoundaryDeduper(None, [])
-    first_pass = [deduper.fresh([ACME, BOLT], [T1, T1]), deduper.fresh([COG], [T1])]
+    first_pass = [fresh(deduper, [ACME, BOLT], [T1, T1]), fresh(deduper, [COG], [T1])]
 
-    second_pass = [deduper.fresh([ACME, BOLT], [T1, T1]), deduper.fresh([COG, DYNO], [T1, T1])]
+    second_pass = [fresh(deduper, [ACME, BOLT], [T1, T1]), fresh(deduper, [COG, DYNO], [T1, T1])]
 
     assert first_pass == [([ACME, BOLT], [T1, T1]), ([COG], [T1])]
     assert second_pass == [([], []), ([DYNO], [T1])]  # DYNO joined the instant between passes
@@ -79,18 +90,18 @@ def test_a_tie_group_paged_twice_loads_each_record_once() -> None:
 def test_records_without_a_date_are_always_kept_and_never_move_the_cursor() -> None:
     deduper = BoundaryDeduper(None, [])
 
-    assert deduper.fresh([ACME, BOLT], [None, None]) == ([ACME, BOLT], [None, None])
+    assert fresh(deduper, [ACME, BOLT], [None, None]) == ([ACME, BOLT], [None, None])
     assert (deduper.cursor, deduper.boundary) == (None, set())
-    assert deduper.fresh([ACME, COG], [None, T1]) == ([ACME, COG], [None, T1])
+    assert fresh(deduper, [ACME, COG], [None, T1]) == ([ACME, COG], [None, T1])
     assert (deduper.cursor, deduper.boundary) == (T1, {DIGESTS["COG"]})
-    assert deduper.fresh([ACME], [None]) == ([ACME], [None])
+    assert fresh(deduper, [ACME], [None]) == ([ACME], [None])
     assert (deduper.cursor, deduper.boundary) == (T1, {DIGESTS["COG"]})
 
 
 def test_records_before_the_cursor_are_kept_and_the_cursor_never_moves_back() -> None:
     deduper = BoundaryDeduper(T2, [DIGESTS["ACME"]])
 
-    kept = deduper.fresh([ACME, BOLT], [T1, T1])
+    kept = fresh(deduper, [ACME, BOLT], [T1, T1])
 
     assert kept == ([ACME, BOLT], [T1, T1])  # only records at the cursor are compared
     assert (deduper.cursor, deduper.boundary) == (T2, {DIGESTS["ACME"]})
@@ -99,5 +110,5 @@ def test_records_before_the_cursor_are_kept_and_the_cursor_never_moves_back() ->
 def test_an_empty_page_changes_nothing() -> None:
     deduper = BoundaryDeduper(T1, [DIGESTS["ACME"]])
 
-    assert deduper.fresh([], []) == ([], [])
+    assert fresh(deduper, [], []) == ([], [])
     assert (deduper.cursor, deduper.boundary) == (T1, {DIGESTS["ACME"]})

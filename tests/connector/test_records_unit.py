@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
+from connector.batches import parse_dates
 from connector.records import (
     ExtractionClock,
     format_codat_datetime,
@@ -215,3 +217,31 @@ def test_extraction_clock_is_strictly_increasing_and_utc() -> None:
 
     assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False))
     assert {s.utcoffset() for s in stamps} == {timedelta(0)}
+
+
+TEXT_GARBAGE = [g for g in GARBAGE if isinstance(g, str) or g is None] + ["0000-01-01T00:00:00Z"]
+
+
+def read_column(texts: list[Any]) -> list[datetime | None]:
+    return list(parse_dates(pa.array(texts, pa.string())).to_pylist())
+
+
+@pytest.mark.parametrize(("text", "instant"), READABLE.items(), ids=[repr(t) for t in READABLE])
+def test_parse_dates_reads_each_form_as_the_literal(text: str, instant: datetime | None) -> None:
+    assert read_column([text]) == [instant]
+    assert read_column([text, "2022-10-23T00:00:00Z", None]) == [instant, MIDNIGHT, None]
+
+
+def test_parse_dates_reads_a_column_of_every_readable_form_at_once() -> None:
+    assert read_column(list(READABLE)) == list(READABLE.values())
+
+
+@pytest.mark.parametrize("value", TEXT_GARBAGE, ids=repr)
+def test_parse_dates_reads_what_is_no_date_as_null_beside_dates(value: str | None) -> None:
+    assert read_column([value]) == [None]
+    assert read_column(["2022-10-23T00:00:00", value, "2022-10-23"]) == [MIDNIGHT, None, MIDNIGHT]
+
+
+def test_parse_dates_of_an_empty_or_all_null_column() -> None:
+    assert read_column([]) == []
+    assert read_column([None, None]) == [None, None]

@@ -220,6 +220,7 @@ def test_sync_moves_last_sync_and_data_status(codat, control, company_id):
 def test_config_changes_and_reports_the_settings(control, emulator):
     body = {
         "latency": 0.0,
+        "latency_per_record": 0.0,
         "daily_limit": 50,
         "push_delay": 0.1,
         "max_concurrent": 4,

@@ -103,6 +103,30 @@ def slow_down(emulator, how, company_id):
         emulator.latency = 1.0
 
 
+def test_a_page_takes_longer_the_more_records_it_carries(codat, emulator):
+    """`latency_per_record`: a page of 150 records waits 150 times the time; its slot is held meanwhile."""
+    company_id = max(emulator.store.companies, key=lambda c: len(emulator.store.companies[c].customers))
+    assert len(emulator.store.companies[company_id].customers) >= 150
+    emulator.latency_per_record = 0.002  # 0.3 s for 150 records
+
+    def timed(page_size: int) -> float:
+        started = time.monotonic()
+        answer = codat.get(customers_path(company_id), params={"pageSize": page_size})
+        assert answer.status_code == 200
+        assert len(answer.json()["results"]) == page_size
+        return time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        big = pool.submit(timed, 150)
+        deadline = time.monotonic() + 5
+        while emulator.limiter.in_flight[company_id] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert emulator.limiter.in_flight[company_id] == 1  # the wait holds the company's slot
+        assert big.result() >= 150 * 0.002
+    assert timed(1) < 150 * 0.002
+    assert emulator.limiter.in_flight == {}
+
+
 @pytest.mark.parametrize("how", ["slow-fault", "latency"])
 def test_more_than_ten_concurrent_requests_for_one_company_get_429(emulator, base_url, how):
     """Fifteen slow requests at once: ten are served, five refused; other companies are unaffected."""
