@@ -124,6 +124,35 @@ class RequestCounter:
             listener()
 
 
+class BodyGate:
+    """At most `permits` threads at once hold a page's body, from its answer until they let go.
+
+    Several companies' pages are read at once (`connector.readers`) to overlap Codat's answer
+    times; what each holds once its answer came (the JSON body, then its records as Python
+    objects, then its Arrow tables) is what a run's memory grows with. A reader enters when its
+    answer arrives (a response hook, before the body is read) and leaves once it has turned the
+    page into Arrow tables and handed them on; waiting for an answer holds no permit. Entering
+    again before leaving (a retry of the same page) keeps the one permit.
+    """
+
+    def __init__(self, permits: int) -> None:
+        self._permits = threading.Semaphore(permits)
+        self._held = threading.local()
+
+    def enter(self, response: Response, *args: Any, **kwargs: Any) -> Response:
+        """Take a permit for the calling thread, waiting for one if need be (a response hook)."""
+        if not getattr(self._held, "permit", False):
+            self._permits.acquire()
+            self._held.permit = True
+        return response
+
+    def leave(self) -> None:
+        """Give back the calling thread's permit, if it holds one."""
+        if getattr(self._held, "permit", False):
+            self._held.permit = False
+            self._permits.release()
+
+
 class CodatRESTClient(RESTClient):
     """dlt's REST client, reading the JSON body its response hook already parsed."""
 
@@ -274,12 +303,14 @@ class CodatClient:
         path: str,
         paginator: CodatPaginator,
         params: dict[str, Any] | None = None,
+        gate: BodyGate | None = None,
     ) -> Iterator[Json]:
-        """Every page body of a paged listing, as the paginator walks it."""
+        """Every page body of a paged listing, as the paginator walks it (each read within `gate`)."""
+        hooks: Any = self._hooks if gate is None else {"response": [gate.enter, self._on_response]}
         with _api_errors(operation, company_id):
             # A data selector, or dlt parses every page again to guess one.
             pages = self.rest.paginate(
-                path, params=params or {}, paginator=paginator, hooks=self._hooks, data_selector="$"
+                path, params=params or {}, paginator=paginator, hooks=hooks, data_selector="$"
             )
             for page in pages:
                 yield page[0]
@@ -318,11 +349,15 @@ class CodatClient:
     # -- customers -------------------------------------------------------------------------
 
     def list_customers(
-        self, company_id: str, paginator: CodatPaginator, params: dict[str, Any] | None = None
+        self,
+        company_id: str,
+        paginator: CodatPaginator,
+        params: dict[str, Any] | None = None,
+        gate: BodyGate | None = None,
     ) -> Iterator[Json]:
-        """The customer pages of a company, as `paginator` asks for them."""
+        """The customer pages of a company, as `paginator` asks for them (read within `gate`)."""
         path = f"/companies/{seg(company_id)}/data/customers"
-        return self.pages("list customers", company_id, path, paginator, params)
+        return self.pages("list customers", company_id, path, paginator, params, gate)
 
     def get_customer(self, company_id: str, customer_id: str) -> Json:
         """One customer."""

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connector.batches import CustomerPage, PageBuilder, modified_dates
-from connector.client import CodatClient
+from connector.client import BodyGate, CodatClient
+from connector.defaults import PAGES_HELD_AT_ONCE
 from connector.errors import CodatApiError, PagingError
 from connector.paging import ModifiedDateSeekPaginator
 from connector.records import ExtractionClock, Json, format_codat_datetime, parse_codat_datetime, record_hash
@@ -106,6 +107,8 @@ class CustomerSync:
     until: datetime | None = None
     clock: ExtractionClock = field(default_factory=ExtractionClock)
     builder: PageBuilder = field(default_factory=PageBuilder)
+    # Pages held at once between their answer and their Arrow tables, whichever company's.
+    gate: BodyGate = field(default_factory=lambda: BodyGate(PAGES_HELD_AT_ONCE))
 
     @property
     def backfill(self) -> bool:
@@ -133,16 +136,26 @@ class CustomerSync:
         paginator = ModifiedDateSeekPaginator(self.page_size, since=start, until=self.until)
         deduper = BoundaryDeduper(None if self.backfill else start, list(saved.boundary))
         try:
-            for body in self.client.list_customers(company_id, paginator):
+            for body in self.client.list_customers(company_id, paginator, gate=self.gate):
                 seen_at = self.clock.now()
                 results = body.get("results") or []
                 records, dates = deduper.fresh(results, modified_dates(results))
-                if not records:
+                page = None
+                if records:
+                    page = self.builder.build(records, company_id, seen_at, self.load_id, dates)
+                # The records as Python objects are freed now, not when the next answer replaces
+                # them (dlt's paginator holds the body until then); the permit goes once the page
+                # is handed on (a reader waits for room in its queue holding it).
+                results.clear()
+                body.clear()
+                records.clear()
+                if page is None:
+                    self.gate.leave()
                     continue
-                page = self.builder.build(records, company_id, seen_at, self.load_id, dates)
                 outcome.customers_loaded += page.customers.num_rows
                 outcome.customers_deleted += page.deleted
                 yield page
+                self.gate.leave()
         except CodatApiError as exc:
             if self.client.stopped is not None:
                 outcome.stopped(self.client.stopped)
@@ -159,6 +172,8 @@ class CustomerSync:
             outcome.fail(exc)
             self._save_progress(company_id, deduper, saved)
             return
+        finally:
+            self.gate.leave()  # a page whose answer came and was not turned (an error, a closed run)
         self._save_progress(company_id, deduper, saved, last_sync)
 
     def _save_progress(

@@ -13,10 +13,12 @@ DEFAULT_PAGE_SIZE = 5000  # customers per request: Codat's largest page
 DEFAULT_LIST_PAGE_SIZE = 1000  # companies and connections per request
 MAX_IN_FLIGHT_PER_COMPANY = 10  # Codat answers 429 past 10 concurrent requests for one company
 DEFAULT_IN_FLIGHT_PER_COMPANY = MAX_IN_FLIGHT_PER_COMPANY
-# Companies whose customer pages one process reads at once. Each holds at most one page being
-# parsed and one waiting (about 40 MB at 5,000 customers); 8 hide a half-second answer behind
-# the others' reading on two cores.
+# Companies whose customer pages one process reads at once: 8 hide a half-second answer behind
+# the others' reading. Waiting for an answer costs no memory; holding one does (a page of 5,000
+# customers is 4 MB of JSON and some 30 MB as Python objects), so only a few readers at a time
+# hold theirs, until it is Arrow tables: about as many as there are cores to turn them.
 DEFAULT_COMPANY_CONCURRENCY = 8
+PAGES_HELD_AT_ONCE = 2
 # Customers gathered before they go to dlt, which checks its hints once per table it is handed.
 CUSTOMERS_PER_BATCH = 20_000
 MAX_COMPANY_CONCURRENCY = 64

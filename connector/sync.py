@@ -331,9 +331,10 @@ def run_sync(
     """Sync Codat into the pipeline's destination and record the run in `sync_status`.
 
     One run at a time per pipeline (`connector.lock`). What an interrupted run left is loaded
-    first. The run's `sync_status` rows are extracted as soon as its customers are, and so
-    land even if the process dies before loading: the next run loads them. A full disk ends
-    the run as a stop (`DISK_FULL`), not an error: what was read waits for the next run.
+    first. The run's `sync_status` rows are extracted right after its customers, into the same
+    load package, and so land even if the process dies before loading: the next run loads them.
+    A full disk ends the run as a stop (`DISK_FULL`), not an error: what was read waits for the
+    next run.
 
     Args:
         pipeline: The dlt pipeline (destination and dataset chosen by the caller).
@@ -390,6 +391,20 @@ class RunSteps:
     attachments_removed: Counter[str] = field(default_factory=Counter)
     views: list[str] = field(default_factory=list)
 
+    def _status(self, source: DltSource, report: RunReport) -> DltSource:
+        """The run's `sync_status` rows, as a source that makes them when it is extracted."""
+
+        @dlt.resource(
+            name="sync_status", write_disposition="merge", primary_key=STATUS_KEY, columns=STATUS_COLUMNS
+        )
+        def sync_status() -> Iterator[list[dict[str, Any]]]:
+            report.settle()
+            self.status_rows = report.rows(dlt.current.load_package_state()["load_id"])
+            if self.status_rows:
+                yield self.status_rows
+
+        return DltSource(source.schema, source.section, [sync_status])
+
     def run(self, pipeline: dlt.Pipeline, source: DltSource, report: RunReport, full_refresh: bool) -> None:
         """Finish what an interrupted run left, extract, load, prune child rows, make the views."""
         self.interrupted = finish_interrupted(pipeline)
@@ -414,23 +429,17 @@ class RunSteps:
         if full_refresh:
             options["refresh"] = "drop_sources"
         with _timed(self.steps, "extract"):
-            extracted = pipeline.extract(source, **options)
+            # One package: the status rows are a second source of the same schema, extracted
+            # once the first is done (its companies' outcomes known), before the package closes.
+            extracted = pipeline.extract(
+                [source, self._status(source, report)], schema=source.schema, **options
+            )
             self.load_id = extracted.loads_ids[-1] if extracted.loads_ids else None
             # Counted now that the run's companies are known (nothing is loaded yet): a shard
             # counts its own, as other shards may be loading the same tables meanwhile.
             counted = list(report.companies) if self.shards > 1 else None
             before = CustomerCounts() if full_refresh else count_customers(pipeline, counted)
             live = Counter[str]() if full_refresh else live_attachments(pipeline, counted)
-            report.settle()
-            self.status_rows = report.rows(self.load_id)
-            if self.status_rows:
-                pipeline.extract(
-                    self.status_rows,
-                    table_name="sync_status",
-                    write_disposition="merge",
-                    primary_key=STATUS_KEY,
-                    columns=STATUS_COLUMNS,
-                )
         with _timed(self.steps, "normalize"):
             pipeline.normalize()
         with _timed(self.steps, "load"):

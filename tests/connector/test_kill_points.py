@@ -26,12 +26,12 @@ SIZING = DEFAULT_SIZING  # the module's account, served unchanged throughout (`t
 # The default account (seed 7: 3 companies, 300 customers) at PAGE_SIZE makes one run call:
 # list_companies 1, PageBuilder.build 19 (one per customer page), list_customer_attachments 300,
 # download_customer_attachment, pipe_file and mv 121, _on_response 442 (every HTTP answer);
-# Pipeline.extract 2 (the source, then `sync_status`), _save_state 4 (the 3rd after the source's
-# extract), Extract.commit_packages 2, Pipeline.normalize 1, PackageStorage.delete_package 4 (the
-# 2nd drops the source's extracted package once normalized); per package, the source's then
-# `sync_status`'s: Load.initialize_package 1 + 1, Load.submit_job 13 + 2, complete_job and
-# save_pending_transition as many, Load.complete_package 1 + 1; DuckDB commits 13, SqlLoadJob.run 5
-# (the merge jobs). `python tests/killpoint.py TARGET 0 -- ...` prints a count to re-derive one.
+# Pipeline.extract 1 (the source, then `sync_status` as a second source of the same package),
+# RunReport.rows 1 (the `sync_status` rows, made within that extract), _save_state 4,
+# Extract.commit_packages 1, Pipeline.normalize 1, PackageStorage.delete_package 2,
+# Load.initialize_package 1, Load.submit_job 17, complete_job and save_pending_transition as many,
+# Load.complete_package 1; DuckDB commits 14, SqlLoadJob.run 6 (the merge jobs, `sync_status`'s
+# among them). `python tests/killpoint.py TARGET 0 -- ...` prints a count to re-derive one.
 CLIENT = "connector.client:CodatClient"
 PIPELINE_CLASS = "dlt.pipeline.pipeline:Pipeline"
 LOAD = "dlt.load.load:Load"
@@ -78,8 +78,10 @@ POINTS = [
     ),
     KillPoint("prune-child-rows", "connector.sync:prune_child_rows", 1),
     KillPoint("views", "connector.sync:create_views", 1),
-    KillPoint("sync-status-extract", f"{PIPELINE_CLASS}.extract", 2),
-    KillPoint("sync-status-load", f"{LOAD}.complete_package", 2),
+    KillPoint("sync-status-rows", "connector.status:RunReport.rows", 1),
+    KillPoint(
+        "sync-status-job", "dlt.common.storages.load_package:PackageStorage.complete_job", 1, "sync_status."
+    ),
 ]
 
 # The kill tests' fixtures (`tests/killtools.py`): they read SIZING, POINTS and CLEAN_KILL here.

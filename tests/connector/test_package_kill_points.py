@@ -27,7 +27,7 @@ from tests.killtools import (
 )
 from tests.utils import FIXTURES
 
-# Small, so that 92 kills take little time, with a row in every table: 2 companies, 30 customers
+# Small, so that 78 kills take little time, with a row in every table: 2 companies, 30 customers
 # (two pages of 20 for one company), addresses, contacts, phones and 12 attachments.
 SIZING = Sizing(seed=7, companies=2, customers=30)
 # One step a line, in the order one run made them (`python tests/killpoint.py files 0 -- ...`).
@@ -49,7 +49,7 @@ def test_a_clean_run_makes_exactly_these_steps(runs: Runs, account: Account, cle
         for line in runs.clean.result().stderr.splitlines()
         if line.startswith(STEP_PREFIX)
     ]
-    assert len(STEPS) == len(set(STEPS)) == 92
+    assert len(STEPS) == len(set(STEPS)) == 78
     assert sorted(set(made) - set(STEPS)) == [], "steps the harness does not kill at"
     assert sorted(set(STEPS) - set(made)) == [], "steps a run no longer makes"
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from connector.client import BodyGate
 from connector.readers import CompanyReaders
 
 PAGES = {"a": [1, 2, 3], "b": [10], "c": [], "d": [40, 41], "e": [50, 51, 52, 53]}
@@ -121,3 +122,36 @@ def test_closing_stops_the_readers() -> None:
     assert sorted(ended) == ["a", "b"]
     assert max(after_close.values()) <= 1
     assert not [t for t in threading.enumerate() if t.name.startswith("codat-customers-")]
+
+
+def test_the_body_gate_lets_at_most_its_permits_hold_a_page_and_a_retry_keeps_its_permit() -> None:
+    gate = BodyGate(2)
+    holding = 0
+    most = 0
+    lock = threading.Lock()
+    go = threading.Event()
+
+    def reader() -> None:
+        nonlocal holding, most
+        go.wait()
+        for _page in range(5):
+            gate.enter(None)
+            gate.enter(None)  # a retry of the same page: the same permit
+            with lock:
+                holding += 1
+                most = max(most, holding)
+            time.sleep(0.002)
+            with lock:
+                holding -= 1
+            gate.leave()
+            gate.leave()  # nothing held: nothing given back twice
+
+    threads = [threading.Thread(target=reader) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    go.set()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    assert not any(t.is_alive() for t in threads)
+    assert most == 2
