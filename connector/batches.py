@@ -180,9 +180,10 @@ class CustomerPage:
 class PageBatch:
     """Pages gathered into larger tables before they go to dlt, which costs the same per table however big.
 
-    dlt checks a table's schema hints each time it is handed one; a page of a small company is
-    a few rows. Gathered, they are a few tables per run. Pages of several companies mix in one
-    batch: each row names its company.
+    dlt checks a table's schema hints each time it is handed one, and a page of a small company
+    is a few rows. Gathered up to a page's worth (`rows`), never more, so that a Parquet row
+    group is no larger than a page's (DuckDB loads one within its memory limit). Pages of several
+    companies mix in one batch: each row names its company.
     """
 
     def __init__(self, rows: int) -> None:
@@ -190,11 +191,12 @@ class PageBatch:
         self._pages: list[CustomerPage] = []
         self._count = 0
 
-    def add(self, page: CustomerPage) -> bool:
-        """Keep a page; True when the batch holds `rows` customers or more (time to `take` it)."""
+    def add(self, page: CustomerPage) -> list[tuple[str, pa.Table]]:
+        """Keep a page; returns the batch before it (`take`) when the page would take it past `rows`."""
+        taken = self.take() if self._pages and self._count + page.customers.num_rows > self.rows else []
         self._pages.append(page)
         self._count += page.customers.num_rows
-        return self._count >= self.rows
+        return taken
 
     def take(self) -> list[tuple[str, pa.Table]]:
         """The batch as (table name, Arrow table) pairs, customers first; the batch is empty after."""

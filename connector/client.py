@@ -285,6 +285,8 @@ class CodatClient:
                     f"Codat sent an unreadable JSON body ({len(response.content)} bytes)",
                     response=response,
                 ) from None
+            # The bytes are read: a page's 4 MB go now, not when the next answer replaces them.
+            response._content = b""
         return response
 
     def _call(

@@ -19,8 +19,6 @@ DEFAULT_IN_FLIGHT_PER_COMPANY = MAX_IN_FLIGHT_PER_COMPANY
 # hold theirs, until it is Arrow tables: about as many as there are cores to turn them.
 DEFAULT_COMPANY_CONCURRENCY = 8
 PAGES_HELD_AT_ONCE = 2
-# Customers gathered before they go to dlt, which checks its hints once per table it is handed.
-CUSTOMERS_PER_BATCH = 20_000
 MAX_COMPANY_CONCURRENCY = 64
 DEFAULT_REQUESTS_PER_MINUTE = 1000  # Codat's limit per IP address
 DEFAULT_RATE_WINDOW = 60.0  # seconds the limit above counts over

@@ -18,7 +18,6 @@ from connector.batches import CHILD_TABLES, CUSTOMER_COLUMNS, PageBatch, child_c
 from connector.client import CodatClient
 from connector.customers import CustomerSync, accounting_connection_ids
 from connector.defaults import (
-    CUSTOMERS_PER_BATCH,
     DEFAULT_BACKOFF_FACTOR,
     DEFAULT_BASE_URL,
     DEFAULT_BREAKER_FAILURES,
@@ -306,7 +305,7 @@ def codat_source(
             readers=company_concurrency,
             buffered=PAGES_HELD_AT_ONCE,
         )
-        batch = PageBatch(CUSTOMERS_PER_BATCH)
+        batch = PageBatch(page_size)
         for company, page in readers:
             if page is None:
                 if company["id"] in moved:
@@ -314,9 +313,8 @@ def codat_source(
                 progress.company_done()
             else:
                 progress.customers(page.customers.num_rows)
-                if batch.add(page):
-                    yield from _tables(batch)
-        yield from _tables(batch)
+                yield from _items(batch.add(page))
+        yield from _items(batch.take())
         if attachments:
             attachment_sync().customers_read()
 
@@ -391,9 +389,9 @@ def codat_source(
     return resources
 
 
-def _tables(batch: PageBatch) -> Iterator[Any]:
+def _items(tables: list[tuple[str, pa.Table]]) -> Iterator[Any]:
     """A batch of customer pages as dlt items: the customers table, then each child table by name."""
-    for name, table in batch.take():
+    for name, table in tables:
         yield table if name == "customers" else dlt.mark.with_table_name(table, name)
 
 

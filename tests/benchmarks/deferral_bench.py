@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
@@ -62,4 +63,6 @@ def bench_deferral(
 
 
 if __name__ == "__main__":
-    print(json.dumps(bench_deferral()))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small account, for a smoke run")
+    print(json.dumps(bench_deferral(quick=parser.parse_args().quick)))  # one line: `run_child` reads it

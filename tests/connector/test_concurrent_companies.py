@@ -10,6 +10,9 @@ from contextlib import contextmanager
 import pytest
 
 from connector.emulator.emulator import Emulator
+from connector.placement import ShardPlan
+from connector.shards import prepare_dataset, run_shard
+from tests.shardtools import source_options
 from tests.synctools import Warehouse, expected_customers, normalise, readable
 
 LATENCY = 0.2  # seconds per answer: long enough for a sampler to see who is in flight
@@ -88,3 +91,23 @@ def test_a_failing_company_leaves_the_others_read_at_once_whole(
     assert summary.failed == [broken]
     expected = {key: row for key, row in expected_customers(emulator).items() if key[0] != broken}
     assert normalise(warehouse.customers()) == expected
+
+
+def test_a_shard_run_reads_its_companies_at_once_too(emulator: Emulator, base_url: str, tmp_path) -> None:
+    """The Dagster assets run `run_shard`, which gets the same readers: one shard of the account."""
+    emulator.reset(11, 12, 3000)
+    plan = ShardPlan(
+        count=1,
+        duckdb_folder=str(tmp_path / "shards"),
+        pipelines_dir=str(tmp_path / "pipelines"),
+        shards_at_once=1,
+        requests_per_minute=1_000_000,
+    )
+    prepare_dataset(plan)
+    emulator.latency = LATENCY
+
+    with companies_in_flight(emulator) as most:
+        summary = run_shard(plan, 0, **source_options(base_url, attachments=False, company_concurrency=3))
+
+    assert most[0] == 3
+    assert summary.customers_new == len(expected_customers(emulator))
