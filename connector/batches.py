@@ -258,7 +258,7 @@ class PageBuilder:
         columns["is_deleted"] = pc.fill_null(pc.struct_field(parsed, ["metadata", "isDeleted"]), False)
         columns["extracted_at"] = pa.array([extracted_at] * count, TIMESTAMP)
         columns["supplemental_data"] = pa.array(
-            [None if (v := r.get("supplementalData")) is None else _json_text(v) for r in records], TEXT
+            [_json_or_none(r.get("supplementalData")) for r in records], TEXT
         )
         columns[UNMAPPED] = pa.array(self._unmapped_fields(records, shaped), TEXT)
         columns["_dlt_load_id"] = pa.array([load_id] * count, TEXT)
@@ -496,7 +496,7 @@ def _conform(value: Any, kind: pa.DataType) -> Any:
         return [_conform(v, kind.value_type) for v in value] if isinstance(value, list) else None
     if pa.types.is_boolean(kind):
         return value if isinstance(value, bool) else str(value).strip().lower() == "true"
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return value if isinstance(value, str) else _json_text(value)
 
 
 def _json_text(value: Any) -> str:

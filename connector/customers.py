@@ -45,12 +45,12 @@ class BoundaryDeduper:
         the next boundary: the dates are compared in Arrow, not record by record in Python.
         """
         self.read_any = self.read_any or bool(records)
-        dropped: list[int] = []
+        dropped: set[int] = set()
         if self.cursor is not None:
             for index in _indices_at(modified, self.cursor):
                 digest = record_hash(records[index])
                 if digest in self.boundary:
-                    dropped.append(index)
+                    dropped.add(index)
                 else:
                     self.boundary.add(digest)
         top = pc.max(modified).as_py() if len(modified) else None
@@ -59,9 +59,8 @@ class BoundaryDeduper:
             self.boundary = {record_hash(records[i]) for i in _indices_at(modified, top)}
         if not dropped:
             return records, modified
-        keep = set(range(len(records))).difference(dropped)
-        mask = pa.array([i in keep for i in range(len(records))])
-        return [r for i, r in enumerate(records) if i in keep], modified.filter(mask)
+        keep = [i not in dropped for i in range(len(records))]
+        return [r for r, kept in zip(records, keep, strict=True) if kept], modified.filter(pa.array(keep))
 
 
 def _indices_at(modified: pa.Array, instant: datetime) -> list[int]:
