@@ -57,6 +57,6 @@ DEFAULT_SHARDS_AT_ONCE = 4  # shards running at once per egress IP (the orchestr
 # dataset makes `codat.customers` ambiguous (a Binder Error on load and in every query).
 DEFAULT_DUCKDB_FILE = "codat_warehouse.duckdb"
 # DuckDB takes up to 80% of the machine's memory for the merge of a large load; this bound
-# keeps a 500,000-customer load flat (peak 357 MiB against 297 MiB at 50,000) at a small cost
-# in speed: DuckDB spills to a temporary file instead.
+# keeps a 500,000-customer load flat (peak 456 MiB against 401 MiB at 50,000 in `make bench`)
+# at a small cost in speed: DuckDB spills to a temporary file instead.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "64MB"
