@@ -36,7 +36,7 @@ from connector.errors import (
 )
 from connector.lock import pipeline_lock
 from connector.pacing import DISK_FULL, INTERRUPTED, StopSwitch
-from connector.source import setting
+from connector.settings import coercion_problem, missing_problem, resolve_settings
 from connector.sync import (
     EXIT_API_UNREACHABLE,
     EXIT_BAD_INPUT,
@@ -123,7 +123,7 @@ def company_ids(text: str) -> list[str]:
 
 
 def source_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The `codat_source` arguments the command line sets; the rest come from dlt config."""
+    """The settings the command line sets; the rest come from dlt's configuration (`resolve_settings`)."""
     options: dict[str, Any] = {}
     if args.companies is not None:
         options["company_ids"] = company_ids(args.companies)
@@ -238,14 +238,12 @@ def sync(args: argparse.Namespace, stop: StopSwitch) -> int:
     """One run as the command line asks for it, `stop` tripped on a signal; its exit code."""
     pipelines_dir = args.pipelines_dir or get_dlt_pipelines_dir()
     try:
+        settings = resolve_settings(**source_options(args))  # refused here, before anything is locked
         with pipeline_lock(pipelines_dir, args.pipeline_name):
             pipeline = make_pipeline(args)
-            summary = run_sync(pipeline, full_refresh=args.full_refresh, stop=stop, **source_options(args))
-    except ConfigFieldMissingException as exc:
-        return fail(
-            f"missing configuration: {', '.join(exc.fields)}. Set SOURCES__CODAT__API_KEY "
-            "(or api_key under [sources.codat] in .dlt/secrets.toml)."
-        )
+            summary = run_sync(pipeline, full_refresh=args.full_refresh, stop=stop, settings=settings)
+    except ConfigFieldMissingException as exc:  # the destination's (the source's: InvalidOption)
+        return fail(missing_problem(exc))
     except ConfigValueCannotBeCoercedException as exc:
         return fail(coercion_problem(exc))
     except UnknownDestinationModule:
@@ -281,14 +279,6 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     """Say on stderr why the run could not happen; return its exit code."""
     print(f"codat-sync: {message}", file=sys.stderr)
     return code
-
-
-def coercion_problem(exc: ConfigValueCannotBeCoercedException) -> str:
-    """A setting whose value is not of its type, named as the user sets it."""
-    kind = getattr(exc.hint, "__name__", str(exc.hint))
-    wanted = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(kind, kind)
-    value = "" if "key" in exc.field_name else f"; got {exc.field_value!r}"  # never echo a secret
-    return f"{setting(exc.field_name)} must be {wanted}{value}"
 
 
 def describe(exc: BaseException) -> tuple[str, int]:

@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -62,21 +63,31 @@ def duckdb_lock_path(database: Path) -> Path:
     return database.with_name(f"{database.name}.codat-sync.lock")
 
 
-_held: set[Path] = set()  # pipeline locks this process holds: taking one again is a no-op
+# Pipeline locks each thread holds: taking one again in the same thread is a no-op (the command
+# line takes it, then `run_sync`); another thread of the process is refused like another process.
+_held = threading.local()
+
+
+def _held_by_this_thread() -> set[Path]:
+    if not hasattr(_held, "paths"):
+        _held.paths = set()
+    paths: set[Path] = _held.paths
+    return paths
 
 
 @contextlib.contextmanager
 def pipeline_lock(pipelines_dir: str, pipeline_name: str) -> Iterator[None]:
-    """Hold the pipeline's lock for the block (re-entrant within a process).
+    """Hold the pipeline's lock for the block (re-entrant within a thread).
 
     The command line takes it before dlt creates the pipeline (two runs creating one working
     folder at once would trip over each other), and `run_sync` again for callers in Python.
 
     Raises:
-        PipelineBusy: Another live process holds it.
+        PipelineBusy: Another live process, or another thread of this one, holds it.
     """
     path = lock_path(pipelines_dir, pipeline_name).resolve()
-    if path in _held:
+    held = _held_by_this_thread()
+    if path in held:
         yield
         return
 
@@ -88,11 +99,11 @@ def pipeline_lock(pipelines_dir: str, pipeline_name: str) -> Iterator[None]:
         )
 
     with _file_lock(path, pipeline_name, busy):
-        _held.add(path)
+        held.add(path)
         try:
             yield
         finally:
-            _held.discard(path)
+            held.discard(path)
 
 
 @contextlib.contextmanager

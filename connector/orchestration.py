@@ -14,19 +14,22 @@ connector writes its child tables and `sync_status` and repairs what a killed ru
 bare `pipeline.run` would not. Like that resource, it drops the local state before each run.
 """
 
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
+import dlt
 from dagster import AssetExecutionContext, ScheduleEvaluationContext
 from dagster_dlt import DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
+from dlt.common.schema import Schema
+from dlt.sources import DltSource
 
 from connector.errors import CodatError
 from connector.placement import ShardPlan
-from connector.shards import plan_from_config, prepare_dataset, run_shard, shard_pipeline
-from connector.source import codat_source
+from connector.shards import plan_from_config, prepare_dataset, run_shard
 from connector.sync import EXIT_OK, SyncSummary
 
 POOL = "codat_api"
@@ -83,6 +86,32 @@ def summary_metadata(summary: SyncSummary) -> dict[str, Any]:
     }
 
 
+def asset_names() -> DltSource:
+    """The shards' tables as resources that only name the assets: no setting is resolved yet.
+
+    Each run resolves its settings and builds its shard's source (`run_shard`), so a bad
+    `SOURCES__CODAT__*` value fails that run with the connector's message, not the code location.
+    """
+    resources = [dlt.resource([], name=name, table_name=name) for name in TABLE_RESOURCES]
+    return DltSource(Schema("codat"), "codat", resources)
+
+
+def destination_kind(plan: ShardPlan) -> dlt.Pipeline:
+    """A pipeline that only tells Dagster the plan's kind of destination.
+
+    dlt makes a pipeline's working folder as it makes the pipeline: this one's is a temporary
+    folder, removed at once, so loading the definitions leaves nothing on disk.
+    """
+    with tempfile.TemporaryDirectory(prefix="codat-dagster-") as folder:
+        pipeline: dlt.Pipeline = dlt.pipeline(
+            pipeline_name=f"{plan.prefix}_assets",
+            destination=plan.destination,
+            dataset_name=plan.dataset_name,
+            pipelines_dir=folder,
+        )
+    return pipeline
+
+
 def codat_definitions(
     plan: ShardPlan | None = None,
     source_options: Mapping[str, Any] | None = None,
@@ -109,12 +138,9 @@ def codat_definitions(
             tables = prepare_dataset(plan)
         return dg.MaterializeResult(metadata={"tables": dg.MetadataValue.json(tables), "shards": plan.count})
 
-    # The definition's source and pipeline only name the assets; each run builds its shard's own.
-    template = codat_source(api_key="unused: names the assets").with_resources(*TABLE_RESOURCES)
-
     @dlt_assets(
-        dlt_source=template,
-        dlt_pipeline=shard_pipeline(plan, 0),
+        dlt_source=asset_names(),
+        dlt_pipeline=destination_kind(plan),
         name="codat_shards",
         partitions_def=partitions,
         dagster_dlt_translator=CodatTranslator(),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -36,7 +36,6 @@ from connector.defaults import (
     DEFAULT_READ_TIMEOUT,
     DEFAULT_REFRESH_DAYS,
     DEFAULT_REQUESTS_PER_MINUTE,
-    MAX_COMPANY_CONCURRENCY,
     PAGES_HELD_AT_ONCE,
 )
 from connector.errors import CodatApiError, InvalidOption
@@ -54,15 +53,17 @@ from connector.records import (
     Json,
     parse_codat_datetime,
 )
+from connector.settings import CodatSettings
 from connector.status import RunReport
 
 
 class _ExpectedDltWarnings(logging.Filter):
-    """Hides a dlt warning about what the connector does on purpose, every run.
+    """Hides a dlt warning about what the connector does on purpose, while its customers are extracted.
 
     Arrow's text differs from the `json` hint of the JSON columns: the customers table carries
     `supplemental_data` and `unmapped_fields` as JSON text in Arrow and hints them `json`; the
-    destination casts, as intended. dlt would warn on every batch.
+    destination casts, as intended. dlt would warn on every batch. Other pipelines of the
+    process, and this one outside its customers, keep every warning.
     """
 
     EXPECTED = ("In resource: customers, when merging arrow schema with dlt schema",)
@@ -72,7 +73,16 @@ class _ExpectedDltWarnings(logging.Filter):
         return not any(text in message for text in self.EXPECTED)
 
 
-logging.getLogger("dlt").addFilter(_ExpectedDltWarnings())
+@contextmanager
+def expected_dlt_warnings_hidden() -> Iterator[None]:
+    """Hide `_ExpectedDltWarnings` on dlt's logger for the block."""
+    hidden = _ExpectedDltWarnings()
+    dlt_logger = logging.getLogger("dlt")
+    dlt_logger.addFilter(hidden)
+    try:
+        yield
+    finally:
+        dlt_logger.removeFilter(hidden)
 
 
 # The resources that list attachments: changed customers, what earlier runs left, the refresh.
@@ -99,7 +109,7 @@ def map_connection(connection: Json, company_id: str) -> Json:
     return row
 
 
-@dlt.source(name="codat", section="codat", max_table_nesting=2)
+@dlt.source(name="codat", section="codat", max_table_nesting=2, spec=CodatSettings)
 def codat_source(
     api_key: str = dlt.secrets.value,
     base_url: str = DEFAULT_BASE_URL,
@@ -132,6 +142,7 @@ def codat_source(
     breaker_silence: float = DEFAULT_BREAKER_SILENCE,
     shards: int = 1,
     shard: int = 0,
+    settings: CodatSettings = None,  # type: ignore[assignment]  # dlt passes the resolved spec
     report: RunReport | None = None,
 ) -> Sequence[DltResource]:
     """Codat Accounting customers of every company (or the chosen ones) of an account.
@@ -185,6 +196,8 @@ def codat_source(
         shards: Split the account's companies into this many shards (`connector.shards`);
             1: no split.
         shard: Sync only the companies of this shard, 0 to `shards` - 1.
+        settings: All of the above at once, resolved and checked already (`resolve_settings`):
+            what `run_sync` passes, so the run and its source read the one configuration.
         report: Collects each company's outcome for `sync_status`, and holds the switch that
             stops the run's requests; a fresh one by default.
 
@@ -195,24 +208,9 @@ def codat_source(
         `customer_attachment_listings`.
 
     Raises:
-        InvalidOption: An option is out of range; the message names it. No request is sent.
+        InvalidOption: A setting is out of range; the message names it. No request is sent.
     """
-    window = _window(since, until)
-    _check_options(company_ids, company_query, page_size, request_budget, max_attempts, company_concurrency)
-    _check_shard(shards, shard)
-    _check_not_negative(
-        max_file_size=max_file_size,
-        quota_reserve=quota_reserve,
-        max_retry_wait=max_retry_wait,
-        backoff_factor=backoff_factor,
-        attachment_refresh_days=attachment_refresh_days,
-    )
-    if not attachment_refresh_days < math.inf:
-        raise InvalidOption(
-            f"{setting('attachment_refresh_days')} must be a number of days (0 turns the refresh off); "
-            f"got {attachment_refresh_days}"
-        )
-    _check_timeouts(connect_timeout, read_timeout, breaker_silence)
+    window = settings.window()  # dlt resolved and checked every setting (`CodatSettings`)
     run_report = report if report is not None else RunReport()
     client = CodatClient(
         api_key,
@@ -306,15 +304,16 @@ def codat_source(
             buffered=PAGES_HELD_AT_ONCE,
         )
         batch = PageBatch(page_size)
-        for company, page in readers:
-            if page is None:
-                if company["id"] in moved:
-                    state[company["id"]] = moved[company["id"]]
-                progress.company_done()
-            else:
-                progress.customers(page.customers.num_rows)
-                yield from _items(batch.add(page))
-        yield from _items(batch.take())
+        with expected_dlt_warnings_hidden():  # dlt writes each item while this generator waits
+            for company, page in readers:
+                if page is None:
+                    if company["id"] in moved:
+                        state[company["id"]] = moved[company["id"]]
+                    progress.company_done()
+                else:
+                    progress.customers(page.customers.num_rows)
+                    yield from _items(batch.add(page))
+            yield from _items(batch.take())
         if attachments:
             attachment_sync().customers_read()
 
@@ -405,76 +404,3 @@ def _by_company(customers: pa.Table) -> Iterator[tuple[str, list[tuple[Any, str]
     for company_id, pair in zip(companies, pairs, strict=True):
         grouped.setdefault(company_id, []).append(pair)
     yield from grouped.items()
-
-
-def setting(name: str) -> str:
-    """A source option as a user sets it: `page_size (SOURCES__CODAT__PAGE_SIZE)`."""
-    return f"{name} (SOURCES__CODAT__{name.upper()})"
-
-
-def _check_options(
-    company_ids: list[str] | None,
-    company_query: str | None,
-    page_size: int,
-    request_budget: int | None,
-    max_attempts: int,
-    company_concurrency: int,
-) -> None:
-    """Reject options that would widen the run or spend requests on nothing."""
-    if company_ids is not None and (not company_ids or not all(str(c).strip() for c in company_ids)):
-        raise InvalidOption(
-            f"{setting('company_ids')} names no company id (an empty list or an empty id); "
-            "leave it unset to sync every company"
-        )
-    if company_query is not None and not company_query.strip():
-        raise InvalidOption(f"{setting('company_query')} is empty; leave it unset to sync every company")
-    if not 1 <= page_size <= 5000:
-        raise InvalidOption(f"{setting('page_size')} must be between 1 and 5000 (Codat's limit): {page_size}")
-    if request_budget is not None and request_budget < 1:
-        raise InvalidOption(f"{setting('request_budget')} must be at least 1 request; got {request_budget}")
-    if max_attempts < 1:
-        raise InvalidOption(f"{setting('max_attempts')} must be at least 1; got {max_attempts}")
-    if not 1 <= company_concurrency <= MAX_COMPANY_CONCURRENCY:
-        raise InvalidOption(
-            f"{setting('company_concurrency')} must be between 1 and {MAX_COMPANY_CONCURRENCY}; "
-            f"got {company_concurrency}"
-        )
-
-
-def _check_shard(shards: int, shard: int) -> None:
-    if shards < 1:
-        raise InvalidOption(f"{setting('shards')} must be at least 1; got {shards}")
-    if not 0 <= shard < shards:
-        raise InvalidOption(f"{setting('shard')} must be between 0 and {shards - 1}; got {shard}")
-
-
-def _check_not_negative(**values: float) -> None:
-    for name, value in values.items():
-        if value < 0:
-            raise InvalidOption(f"{setting(name)} must be 0 or more; got {value}")
-
-
-def _check_timeouts(connect_timeout: float, read_timeout: float, breaker_silence: float) -> None:
-    """Refuse a wait that never ends or cannot start, and a silence one slow answer would break."""
-    for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
-        if not 0 < value < math.inf:
-            raise InvalidOption(f"{setting(name)} must be a number of seconds above 0; got {value}")
-    if not read_timeout < breaker_silence < math.inf:
-        raise InvalidOption(
-            f"{setting('breaker_silence')} must be more than read_timeout ({read_timeout} s), "
-            f"so that one slow answer is retried; got {breaker_silence}"
-        )
-
-
-def _window(since: str | None, until: str | None) -> tuple[Any, Any]:
-    bounds = []
-    for name, value in (("since", since), ("until", until)):
-        moment = parse_codat_datetime(value) if value else None
-        if value and moment is None:
-            raise InvalidOption(
-                f"{name} must be a date such as 2024-01-31 or 2024-01-31T12:00:00Z; got {value!r}"
-            )
-        bounds.append(moment)
-    if bounds[0] is not None and bounds[1] is not None and bounds[0] >= bounds[1]:
-        raise InvalidOption(f"since ({since}) must be before until ({until}): the window holds no instant")
-    return bounds[0], bounds[1]

@@ -21,7 +21,6 @@ from dlt.destinations.exceptions import DatabaseException
 from dlt.sources import DltSource
 
 from connector.batches import CHILD_TABLES
-from connector.defaults import DEFAULT_FILES_URL
 from connector.destinations import check_destination, describe_destination, duckdb_path
 from connector.disk import describe_full_disk, full_disk_path
 from connector.errors import RunStopped
@@ -30,6 +29,7 @@ from connector.lock import destination_lock, lock_path, pipeline_lock
 from connector.pacing import API_UNREACHABLE, DISK_FULL, INTERRUPTED, QUOTA_SPENT, StopSwitch
 from connector.packages import finish_archiving
 from connector.records import LISTINGS_TABLE
+from connector.settings import CodatSettings, resolve_settings
 from connector.source import LISTERS, codat_source
 from connector.status import FAILED, NOT_READY, OK, STATUSES, RunReport
 from connector.views import create_views, has_table, prune_child_rows
@@ -341,7 +341,11 @@ def repair_marker(pipeline: dlt.Pipeline) -> Path:
 
 
 def run_sync(
-    pipeline: dlt.Pipeline, full_refresh: bool = False, stop: StopSwitch | None = None, **source_options: Any
+    pipeline: dlt.Pipeline,
+    full_refresh: bool = False,
+    stop: StopSwitch | None = None,
+    settings: CodatSettings | None = None,
+    **source_options: Any,
 ) -> SyncSummary:
     """Sync Codat into the pipeline's destination and record the run in `sync_status`.
 
@@ -356,39 +360,46 @@ def run_sync(
         full_refresh: Drop the source's tables and state first, and load everything again.
         stop: The switch that stops the run's requests (the command line trips it on SIGINT and
             SIGTERM); a new one by default.
-        **source_options: Passed to `codat_source` (company_ids, since, download_files, ...).
+        settings: The source's settings, resolved (`resolve_settings`); by default resolved
+            here from `source_options` and dlt's configuration. The run reads them too (the
+            shard it locks and counts, `hard_delete`, where files go), so a setting means the
+            same whether it comes from an argument, `.dlt/` or a `SOURCES__CODAT__*` variable.
+        **source_options: Settings set in code (company_ids, since, download_files, ...), when
+            `settings` is not given.
 
     Returns:
         The run's summary; `exit_code()` tells how it ended.
 
     Raises:
+        InvalidOption: A setting is out of range (nothing is locked or sent).
         PipelineBusy: Another run holds the pipeline.
         DestinationLocked: Another run holds the destination (or the shard), or another process
             the DuckDB file.
         DestinationUnusable: The destination cannot be reached to lock it (PostgreSQL down).
     """
     started = time.monotonic()
+    if settings is not None and source_options:
+        raise TypeError("run_sync takes settings or source options, not both")
+    settings = settings if settings is not None else resolve_settings(**source_options)
     with (
         pipeline_lock(pipeline.pipelines_dir, pipeline.pipeline_name),
-        destination_lock(pipeline, source_options.get("shard"), source_options.get("shards", 1)),
+        destination_lock(pipeline, settings.shard, settings.shards),
     ):
         check_destination(pipeline)
         report = RunReport(stop=stop or StopSwitch())
-        source = codat_source(report=report, **source_options)  # checks its options: no request yet
-        done = RunSteps(
-            shards=source_options.get("shards", 1), hard_delete=bool(source_options.get("hard_delete"))
-        )
+        source = codat_source(settings=settings, report=report)
+        done = RunSteps(shards=settings.shards, hard_delete=settings.hard_delete)
         try:
             done.run(pipeline, source, report, full_refresh)
         except Exception as exc:
             path = full_disk_path(exc)
             if path is None:
                 raise
-            report.stop.trip(DISK_FULL, describe_full_disk(path, run_places(pipeline, source_options)))
+            report.stop.trip(DISK_FULL, describe_full_disk(path, run_places(pipeline, settings)))
         if done.status_rows is None:  # the extract did not get that far
             report.settle()
             done.status_rows = report.rows(done.load_id)
-    return summarise(report, done, pipeline, bool(source_options.get("hard_delete")), started)
+    return summarise(report, done, pipeline, settings.hard_delete, started)
 
 
 @dataclass
@@ -475,14 +486,14 @@ class RunSteps:
         self.views = create_views(pipeline)
 
 
-def run_places(pipeline: dlt.Pipeline, source_options: dict[str, Any]) -> dict[str, Path]:
+def run_places(pipeline: dlt.Pipeline, settings: CodatSettings) -> dict[str, Path]:
     """Where a run writes, by what each place is: to name the one a full disk is in."""
     places = {"dlt's working folder": Path(pipeline.working_dir)}
     database = duckdb_path(pipeline)
     if database is not None:
         places["the DuckDB file"] = database
-    if source_options.get("download_files"):
-        places["the attachment files folder"] = Path(source_options.get("files_url") or DEFAULT_FILES_URL)
+    if settings.download_files:
+        places["the attachment files folder"] = Path(settings.files_url)
     return places
 
 

@@ -193,8 +193,8 @@ def test_a_missing_api_key_exits_2_naming_the_variable(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--since", "yesterday"], "since must be a date such as 2024-01-31"),
-        (["--until", "31/01/2024"], "until must be a date such as 2024-01-31"),
+        (["--since", "yesterday"], "since (SOURCES__CODAT__SINCE) must be a date such as 2024-01-31"),
+        (["--until", "31/01/2024"], "until (SOURCES__CODAT__UNTIL) must be a date such as 2024-01-31"),
         (["--duckdb-file", "codat.duckdb"], "share a name, which DuckDB cannot tell apart"),
     ],
     ids=["bad-since", "bad-until", "duckdb-file-named-like-dataset"],

@@ -24,9 +24,10 @@ import dagster as dg
 import pytest
 
 from connector.emulator.emulator import Emulator
-from connector.orchestration import DATASET_ASSET, codat_definitions
+from connector.orchestration import DATASET_ASSET, TABLE_RESOURCES, asset_names, codat_definitions
 from connector.placement import ShardPlan
 from connector.shards import combined_duckdb
+from connector.source import codat_source
 from tests.postgres import PostgresServer
 from tests.shardtools import Database, child_outcome, postgres_plan, run_child, source_options
 from tests.synctools import attachment_keys, codat_instant, readable
@@ -430,3 +431,43 @@ def test_dagster_loads_the_pipelines_file(tmp_path: Path) -> None:
             "codat/customer_attachments",
         ]
     )
+
+
+def test_a_bad_setting_fails_the_shard_run_not_the_definitions_and_loading_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("SOURCES__CODAT__API_KEY", "any key")
+    monkeypatch.setenv("SOURCES__CODAT__PAGE_SIZE", "many")
+    plan = duckdb_plan(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+
+    defs = codat_definitions(plan)
+    graph = defs.resolve_asset_graph()
+    written = sorted(tmp_path.rglob("*"))
+    result = dg.materialize(
+        [defs.get_assets_def(dg.AssetKey(["codat", "customers"]))],
+        partition_key="00",
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    failures = [event for event in result.all_events if event.is_step_failure]
+
+    assert before == [tmp_path / "cwd"]
+    assert written == before
+    assert dg.AssetKey(["codat", "customers"]) in graph.get_all_asset_keys()
+    assert not result.success
+    assert len(failures) == 1
+    error = failures[0].step_failure_data.error
+    assert error is not None
+    assert "InvalidOption: page_size (SOURCES__CODAT__PAGE_SIZE) must be a whole number; got 'many'" in str(
+        error.message
+    ) + str(error.cause.message if error.cause else "")
+
+
+def test_the_asset_names_are_the_sources_own_resources() -> None:
+    resources = codat_source(api_key="only names its resources").resources
+
+    assert set(TABLE_RESOURCES) <= set(resources)
+    assert {r.name: r.table_name for r in asset_names().resources.values()} == {t: t for t in TABLE_RESOURCES}

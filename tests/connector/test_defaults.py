@@ -7,6 +7,9 @@ import re
 import tomllib
 from typing import Any
 
+import dlt
+
+from connector.settings import CodatSettings
 from connector.source import codat_source
 from tests.utils import ROOT
 
@@ -38,14 +41,23 @@ def stated(text: str) -> Any:
 
 
 def test_the_readme_states_every_option_with_the_default_the_code_has() -> None:
-    parameters = inspect.signature(codat_source).parameters
-    options = {name for name in parameters if name != "report"}  # report: for callers in Python only
+    fields = CodatSettings.get_resolvable_fields()
     table = table_defaults()
 
-    assert set(table) == options
+    assert set(table) == set(fields)
     assert table.pop("api_key") == "required"
     for key, text in table.items():
-        assert stated(text) == parameters[key].default, key
+        assert stated(text) == getattr(CodatSettings(), key), key
+
+
+def test_the_source_takes_each_setting_as_an_argument_with_the_spec_default() -> None:
+    parameters = inspect.signature(codat_source).parameters
+    # settings: all of them at once, resolved; report: for callers in Python only
+    arguments = {name: p.default for name, p in parameters.items() if name not in ("settings", "report")}
+
+    assert list(arguments) == list(CodatSettings.get_resolvable_fields())
+    assert arguments.pop("api_key") is dlt.secrets.value  # required
+    assert arguments == {name: getattr(CodatSettings(), name) for name in arguments}
 
 
 def test_the_committed_config_sets_no_source_option_again() -> None:
