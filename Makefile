@@ -38,7 +38,7 @@ bench: $(STAMP) ## Sync vs dlt rest_api, at scale, emulator, attachments: benchm
 	$(BIN)/python tests/benchmarks/run.py --out benchmarks.json $(BENCH_ARGS)
 
 emulator: $(STAMP) ## Run the emulator on PORT (default 8787) until Ctrl-C
-	$(BIN)/python -m connector.emulator --port $(PORT) --companies 3 --customers 1000 --seed 7
+	$(BIN)/codat-emulator --port $(PORT) --companies 3 --customers 1000 --seed 7
 
 clean: ## Remove .venv, caches and local DuckDB files
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.duckdb *.duckdb.wal

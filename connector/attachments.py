@@ -49,15 +49,15 @@ from connector.watermarks import (
     LEGACY_STATE_KEY,
     NO_DATE,
     STATE_KEY,
+    CustomerPass,
     Key,
     Span,
-    Stream,
     customer_key,
     merge_spans,
 )
 
 logger = logging.getLogger(__name__)
-Collector = Callable[[], Any]
+DeferredListing = Callable[[], Any]
 
 MAX_WORKERS = 32  # threads listing for all companies together
 # Final answers: the listing will not succeed by asking again in this run; the company fails.
@@ -74,7 +74,7 @@ class Task:
     customer_id: str
     connections: tuple[str, ...]
     key: Key | None  # None for a task of the previous version's backlog
-    stream: Stream | None  # None for a refresh task: its pass keeps its place
+    stream: CustomerPass | None  # None for a refresh task: its pass keeps its place
     reason: str  # LEFT_OVER, CHANGED or REFRESH
 
     @property
@@ -160,7 +160,7 @@ def collect_listings(batch: Batch) -> Any:
     return dlt.mark.with_table_name(batch.listings, LISTINGS_TABLE) if batch.listings else None
 
 
-def collectors(batch: Batch) -> Iterator[Collector]:
+def collectors(batch: Batch) -> Iterator[DeferredListing]:
     """The deferred items of one batch: its attachment rows, then its listings."""
     yield collect(batch)
     yield collect_listings(batch)
@@ -205,11 +205,11 @@ class AttachmentSync:
         self.files = files
         self._state = state
         self._spans: dict[str, Any] = state.setdefault(STATE_KEY, {})
-        self._old: dict[str, list[Stream]] = {
-            company_id: [Stream(span) for span in map(Span.from_state, spans or []) if span]
+        self._old: dict[str, list[CustomerPass]] = {
+            company_id: [CustomerPass(span) for span in map(Span.from_state, spans or []) if span]
             for company_id, spans in self._spans.items()
         }
-        self._new: dict[str, Stream] = {}
+        self._new: dict[str, CustomerPass] = {}
         self._reserved = sum(s.source.listings for ss in self._old.values() for s in ss if s.source)
         self._reserved += sum(len(pairs) for pairs in (state.get(LEGACY_STATE_KEY) or {}).values())
         self._in_flight = 0  # requests of started listings not yet counted by the client
@@ -225,29 +225,24 @@ class AttachmentSync:
         self._lock = threading.RLock()
         self._queue = CompanyQueue(MAX_WORKERS, concurrency)
 
-    @property
-    def stopped(self) -> str | None:
-        """Why no more listings start in this run, if they do not."""
-        return self._stopped
-
     # -- this run's changed customers, and what earlier runs left -------------------------
 
     def for_customers(
         self, company_id: str, customers: Sequence[tuple[datetime | None, str]]
-    ) -> Iterator[Collector]:
+    ) -> Iterator[DeferredListing]:
         """Attachments of one company's customers on one page, given as (modifiedDate, id)."""
         connections = tuple(self.connections(company_id))
         if not connections or not customers:
             return
         with self._lock:
-            stream = self._new.setdefault(company_id, Stream())
+            stream = self._new.setdefault(company_id, CustomerPass())
         tasks = [
             Task(company_id, str(cid), connections, customer_key(modified, str(cid)), stream, CHANGED)
             for modified, cid in customers
         ]
         yield from collectors(self._submit(company_id, tasks))
 
-    def backlog_pages(self) -> Iterator[Collector]:
+    def backlog_pages(self) -> Iterator[DeferredListing]:
         """Attachments left undone by earlier runs: the old version's tasks, then the spans."""
         legacy: dict[str, list[list[str]]] = self._state.pop(LEGACY_STATE_KEY, None) or {}
         for company_id, pairs in legacy.items():
@@ -267,7 +262,7 @@ class AttachmentSync:
 
     # -- spans -----------------------------------------------------------------------------
 
-    def _read_span(self, company_id: str, stream: Stream) -> Iterator[Collector]:
+    def _read_span(self, company_id: str, stream: CustomerPass) -> Iterator[DeferredListing]:
         span = stream.source
         connections = tuple(self.connections(company_id))
         if span is None or not connections:  # not a company of this run: its span waits
@@ -327,7 +322,7 @@ class AttachmentSync:
         """Every company's customers are read: the refresh may spend what the run has left."""
         self._customers_read.set()
 
-    def refresh_pages(self) -> Iterator[Collector | None]:
+    def refresh_pages(self) -> Iterator[DeferredListing | None]:
         """Attachments of unchanged customers whose turn has come, once the customers are read.
 
         Yields None (dlt's "nothing yet") while the customers are read, so that this run's
@@ -348,7 +343,7 @@ class AttachmentSync:
             yield from self._refresh(outcome.company_id, now, share)
         self._warn_short(share)
 
-    def _refresh(self, company_id: str, now: datetime, share: float) -> Iterator[Collector]:
+    def _refresh(self, company_id: str, now: datetime, share: float) -> Iterator[DeferredListing]:
         outcome = self.report.company(company_id)
         if outcome.first_load or company_id not in self._bounds:
             # Every customer was listed as new just now: that is the cycle's first pass.
@@ -572,7 +567,7 @@ class AttachmentSync:
 
     def _stopped_by_client(self) -> str | None:
         """Why no more listings start, if the client stopped (API unreachable, quota spent)."""
-        stopped = self.client.stopped
+        stopped = self.client.stop_cause
         return None if stopped is None else self._stop(str(stopped))
 
     def _stop(self, reason: str) -> str:

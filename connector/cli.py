@@ -75,9 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--files", action="store_true", help="download attachment files too")
     parser.add_argument("--files-url", help="folder or fsspec URL for files (default: codat_files)")
     parser.add_argument("--no-attachments", action="store_true", help="skip attachment metadata")
-    parser.add_argument("--request-budget", type=whole(1), help="requests this run may spend")
+    parser.add_argument("--request-budget", type=whole_number(1), help="requests this run may spend")
     parser.add_argument(
-        "--requests-per-minute", type=whole(2), help="pace requests to this many a minute (default: 1000)"
+        "--requests-per-minute",
+        type=whole_number(2),
+        help="pace requests to this many a minute (default: 1000)",
     )
     parser.add_argument(
         "--refresh-attachments",
@@ -102,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def whole(least: int) -> Callable[[str], int]:
+def whole_number(least: int) -> Callable[[str], int]:
     """An argparse type: a whole number of at least `least`."""
 
     def parse(text: str) -> int:
@@ -299,8 +301,8 @@ def describe(exc: BaseException) -> tuple[str, int]:
 
 def api_exit_code(error: CodatApiError) -> int:
     """A whole run ended by an API error (listing companies): unreachable, quota or bad input."""
-    if error.stopped is not None:
-        return stop_exit_code(error.stopped)
+    if error.stop_cause is not None:
+        return stop_exit_code(error.stop_cause)
     if error.status is None or error.status >= 500:
         return EXIT_API_UNREACHABLE
     return EXIT_QUOTA_SPENT if error.status == 429 else EXIT_BAD_INPUT

@@ -22,19 +22,8 @@ from requests import PreparedRequest, Response
 from requests.exceptions import ChunkedEncodingError, HTTPError
 
 from connector.defaults import (
-    DEFAULT_BACKOFF_FACTOR,
     DEFAULT_BASE_URL,
-    DEFAULT_BREAKER_FAILURES,
-    DEFAULT_BREAKER_SECONDS,
-    DEFAULT_BREAKER_SILENCE,
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_IN_FLIGHT_PER_COMPANY,
     DEFAULT_LIST_PAGE_SIZE,
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_RETRY_WAIT,
-    DEFAULT_RATE_WINDOW,
-    DEFAULT_READ_TIMEOUT,
-    DEFAULT_REQUESTS_PER_MINUTE,
 )
 from connector.errors import CodatApiError, InvalidOption, RunStopped
 from connector.pacing import (
@@ -48,6 +37,7 @@ from connector.pacing import (
 )
 from connector.paging import CodatPaginator, TotalResultsPaginator
 from connector.records import Json
+from connector.settings import ApiLimits, BreakerPolicy, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -181,18 +171,11 @@ class CodatClient:
     Args:
         api_key: The Codat API key.
         base_url: The API's address.
-        max_attempts: Attempts per request on `429`, `5xx` and dropped connections.
-        backoff_factor: Multiplier of the exponential backoff between attempts.
-        max_retry_wait: The longest wait before a retry, `Retry-After` included.
-        connect_timeout: Seconds to wait for a connection to the API.
-        read_timeout: Seconds to wait for an answer (for its first byte, or the next one).
-        requests_per_minute: Requests allowed in any `rate_window` seconds; None for no pacing.
-        rate_window: The length of that window in seconds (Codat: 60).
-        rate_burst: Requests the token bucket lets go at once; None: a tenth of the limit.
-        in_flight_per_company: Requests in flight per company, 1 to 10.
-        breaker_failures: Failed attempts in a row (no answer, or a `5xx`) that stop the run...
-        breaker_seconds: ... once they have gone on this long.
-        breaker_silence: Seconds without any answer that stop the run when an attempt fails.
+        retry: Attempts per request, the backoff between them, the longest wait before a retry
+            (`Retry-After` included), and how long an attempt waits to connect and for its answer.
+        limits: The pace: requests per window for every company together, the burst, and
+            requests in flight per company.
+        breaker: When attempts without an answer stop the run.
         stop: The run's switch that stops its requests; a new one by default.
     """
 
@@ -200,18 +183,9 @@ class CodatClient:
         self,
         api_key: str,
         base_url: str = DEFAULT_BASE_URL,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
-        max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        read_timeout: float = DEFAULT_READ_TIMEOUT,
-        requests_per_minute: int | None = DEFAULT_REQUESTS_PER_MINUTE,
-        rate_window: float = DEFAULT_RATE_WINDOW,
-        in_flight_per_company: int = DEFAULT_IN_FLIGHT_PER_COMPANY,
-        rate_burst: int | None = None,
-        breaker_failures: int = DEFAULT_BREAKER_FAILURES,
-        breaker_seconds: float = DEFAULT_BREAKER_SECONDS,
-        breaker_silence: float = DEFAULT_BREAKER_SILENCE,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen: one shared default is safe
+        limits: ApiLimits = ApiLimits(),  # noqa: B008
+        breaker: BreakerPolicy = BreakerPolicy(),  # noqa: B008
         stop: StopSwitch | None = None,
     ) -> None:
         if not api_key:
@@ -221,17 +195,16 @@ class CodatClient:
             )
         self.requests = RequestCounter()
         self.base_url = base_url.rstrip("/")
-        self.max_retry_wait = max_retry_wait
-        breaker = CircuitBreaker(breaker_failures, breaker_seconds, breaker_silence)
-        self.pacer = Pacer(requests_per_minute, rate_window, in_flight_per_company, rate_burst, breaker, stop)
+        self.max_retry_wait = retry.max_retry_wait
+        self.pacer = Pacer(limits, CircuitBreaker(breaker.failures, breaker.seconds, breaker.silence), stop)
         session = Client(
-            request_timeout=(connect_timeout, read_timeout),
+            request_timeout=(retry.connect_timeout, retry.read_timeout),
             raise_for_status=False,
             status_codes=RETRY_STATUSES,
             retry_condition=self._retry_429,
-            request_max_attempts=max_attempts,
-            request_backoff_factor=backoff_factor,
-            request_max_retry_delay=max_retry_wait,
+            request_max_attempts=retry.max_attempts,
+            request_backoff_factor=retry.backoff_factor,
+            request_max_retry_delay=retry.max_retry_wait,
         ).session
         adapter = PacedAdapter(
             self.pacer, self.requests.count, pool_connections=4, pool_maxsize=CONNECTION_POOL_SIZE
@@ -266,7 +239,7 @@ class CodatClient:
         return None
 
     @property
-    def stopped(self) -> RunStopped | None:
+    def stop_cause(self) -> RunStopped | None:
         """Why this client sends no more requests (API unreachable, daily quota spent), if so."""
         return self.pacer.stop.reason
 
@@ -331,21 +304,21 @@ class CodatClient:
 
     def get_company(self, company_id: str) -> Json:
         """One company."""
-        return dict(self._json("get company", company_id, f"/companies/{seg(company_id)}"))
+        return dict(self._json("get company", company_id, f"/companies/{segment(company_id)}"))
 
     def list_connections(self, company_id: str, page_size: int = DEFAULT_LIST_PAGE_SIZE) -> Iterator[Json]:
         """Every data connection of a company."""
-        path = f"/companies/{seg(company_id)}/connections"
+        path = f"/companies/{segment(company_id)}/connections"
         for page in self.pages("list connections", company_id, path, TotalResultsPaginator(page_size)):
             yield from page.get("results", [])
 
     def data_status(self, company_id: str) -> Json:
         """The state of each data type in Codat's cache for a company."""
-        return dict(self._json("get data status", company_id, f"/companies/{seg(company_id)}/dataStatus"))
+        return dict(self._json("get data status", company_id, f"/companies/{segment(company_id)}/dataStatus"))
 
     def get_push_operation(self, company_id: str, push_operation_key: str) -> Json:
         """The current state of a push operation."""
-        path = f"/companies/{seg(company_id)}/push/{seg(push_operation_key)}"
+        path = f"/companies/{segment(company_id)}/push/{segment(push_operation_key)}"
         return dict(self._json("get push operation", company_id, path))
 
     # -- customers -------------------------------------------------------------------------
@@ -358,12 +331,12 @@ class CodatClient:
         gate: BodyGate | None = None,
     ) -> Iterator[Json]:
         """The customer pages of a company, as `paginator` asks for them (read within `gate`)."""
-        path = f"/companies/{seg(company_id)}/data/customers"
+        path = f"/companies/{segment(company_id)}/data/customers"
         return self.pages("list customers", company_id, path, paginator, params, gate)
 
     def get_customer(self, company_id: str, customer_id: str) -> Json:
         """One customer."""
-        path = f"/companies/{seg(company_id)}/data/customers/{seg(customer_id)}"
+        path = f"/companies/{segment(company_id)}/data/customers/{segment(customer_id)}"
         return dict(self._json("get customer", company_id, path))
 
     def create_customer(
@@ -375,7 +348,7 @@ class CodatClient:
         idempotency_key: str | None = None,
     ) -> Json:
         """Ask Codat to create a customer; returns the (Pending) push operation."""
-        path = f"/companies/{seg(company_id)}/connections/{seg(connection_id)}/push/customers"
+        path = f"/companies/{segment(company_id)}/connections/{segment(connection_id)}/push/customers"
         params = {"timeoutInMinutes": timeout_in_minutes} if timeout_in_minutes is not None else {}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         response = self._call(
@@ -399,9 +372,8 @@ class CodatClient:
         timeout_in_minutes: int | None = None,
     ) -> Json:
         """Ask Codat to update a customer; returns the (Pending) push operation."""
-        path = (
-            f"/companies/{seg(company_id)}/connections/{seg(connection_id)}/push/customers/{seg(customer_id)}"
-        )
+        connection = f"/companies/{segment(company_id)}/connections/{segment(connection_id)}"
+        path = f"{connection}/push/customers/{segment(customer_id)}"
         params: dict[str, Any] = {"forceUpdate": str(force_update).lower()}
         if timeout_in_minutes is not None:
             params["timeoutInMinutes"] = timeout_in_minutes
@@ -411,13 +383,13 @@ class CodatClient:
 
     def get_create_update_model(self, company_id: str, connection_id: str) -> Json:
         """The platform's create/update model (`PushOption`) for customers."""
-        path = f"/companies/{seg(company_id)}/connections/{seg(connection_id)}/options/customers"
+        path = f"/companies/{segment(company_id)}/connections/{segment(connection_id)}/options/customers"
         return dict(self._json("get create/update customer model", company_id, path))
 
     def _attachments_path(self, company_id: str, connection_id: str, customer_id: str) -> str:
         return (
-            f"/companies/{seg(company_id)}/connections/{seg(connection_id)}"
-            f"/data/customers/{seg(customer_id)}/attachments"
+            f"/companies/{segment(company_id)}/connections/{segment(connection_id)}"
+            f"/data/customers/{segment(customer_id)}/attachments"
         )
 
     def list_customer_attachments(self, company_id: str, connection_id: str, customer_id: str) -> list[Json]:
@@ -433,7 +405,7 @@ class CodatClient:
         self, company_id: str, connection_id: str, customer_id: str, attachment_id: str
     ) -> Json:
         """One attachment's metadata."""
-        path = self._attachments_path(company_id, connection_id, customer_id) + f"/{seg(attachment_id)}"
+        path = self._attachments_path(company_id, connection_id, customer_id) + f"/{segment(attachment_id)}"
         return dict(self._json("get customer attachment", company_id, path))
 
     def download_customer_attachment(
@@ -441,7 +413,8 @@ class CodatClient:
     ) -> bytes:
         """One attachment's bytes."""
         path = (
-            self._attachments_path(company_id, connection_id, customer_id) + f"/{seg(attachment_id)}/download"
+            self._attachments_path(company_id, connection_id, customer_id)
+            + f"/{segment(attachment_id)}/download"
         )
         return self._call("download customer attachment", company_id, "GET", path).content
 
@@ -459,12 +432,12 @@ def _api_errors(operation: str, company_id: str | None) -> Iterator[None]:
             operation, company_id, exc.status, exc.error, exc.correlation_id, exc.retry_after
         ) from None
     except RunStopped as exc:
-        raise CodatApiError(operation, company_id, None, str(exc), stopped=exc) from None
+        raise CodatApiError(operation, company_id, None, str(exc), stop_cause=exc) from None
     except (ChunkedEncodingError, OSError) as exc:
         raise CodatApiError(operation, company_id, None, f"{type(exc).__name__}: {exc}") from None
 
 
-def seg(value: str) -> str:
+def segment(value: str) -> str:
     """Encode an id as exactly one URL path segment that the server decodes back to the id.
 
     `quote` escapes `/`, `?`, `#`, `%`, spaces and non-ASCII; an id `.` or `..` would still be a

@@ -156,8 +156,8 @@ class CustomerSync:
                 yield page
                 self.gate.leave()
         except CodatApiError as exc:
-            if self.client.stopped is not None:
-                outcome.stopped(self.client.stopped)
+            if self.client.stop_cause is not None:
+                outcome.record_stop(self.client.stop_cause)
             elif exc.status == 409:
                 logger.info("Customers of company %s are not ready: %s", company_id, exc.error)
                 outcome.not_ready(exc)

@@ -31,7 +31,7 @@ class CodatApiError(CodatError):
         error: str,
         correlation_id: str | None = None,
         retry_after: float | None = None,
-        stopped: RunStopped | None = None,
+        stop_cause: RunStopped | None = None,
     ) -> None:
         self.operation = operation
         self.company_id = company_id
@@ -39,9 +39,9 @@ class CodatApiError(CodatError):
         self.error = error
         self.correlation_id = correlation_id
         self.retry_after = retry_after
-        self.stopped = stopped  # why the run sent no more requests, if so
+        self.stop_cause = stop_cause  # why the run sent no more requests, if so
         where = f" for company {company_id}" if company_id else ""
-        status_text = f"HTTP {status}" if status else "stopped" if stopped else "no answer"
+        status_text = f"HTTP {status}" if status else "stopped" if stop_cause else "no answer"
         cid = f" (correlationId {correlation_id})" if correlation_id else ""
         super().__init__(f"{operation}{where} failed: {status_text}: {error}{cid}")
 

@@ -20,7 +20,7 @@ from dlt import Pipeline
 from dlt.common.schema.utils import has_table_seen_data
 
 from connector.records import LISTINGS_TABLE
-from connector.views import has_table, holds_sql
+from connector.warehouse import has_table, holds_sql, in_list
 
 ATTACHMENTS = "customer_attachments"
 
@@ -47,7 +47,7 @@ def _ready(pipeline: Pipeline) -> bool:
 def _scope(column: str, company_ids: list[str] | None) -> tuple[str, list[str]]:
     if company_ids is None:
         return "", []
-    return f"AND {column} IN ({', '.join(['%s'] * len(company_ids))})", list(company_ids)
+    return f"AND {in_list(column, company_ids)}", list(company_ids)
 
 
 def live_attachments(pipeline: Pipeline, company_ids: list[str] | None = None) -> Counter[str]:

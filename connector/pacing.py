@@ -23,10 +23,10 @@ from connector.defaults import (
     DEFAULT_BREAKER_SILENCE,
     DEFAULT_IN_FLIGHT_PER_COMPANY,
     DEFAULT_RATE_WINDOW,
-    DEFAULT_REQUESTS_PER_MINUTE,
     MAX_IN_FLIGHT_PER_COMPANY,
 )
 from connector.errors import InvalidOption, RunStopped
+from connector.settings import ApiLimits
 
 RATE_BURST_DIVISOR = 10  # the token bucket holds a tenth of the per-minute limit
 SEND_JITTER = 0.25  # seconds a request may take from leaving its turn to being counted by Codat
@@ -287,10 +287,8 @@ class Pacer:
     """Everything one client shares to stay within Codat's limits.
 
     Args:
-        requests_per_minute: Requests allowed in any `rate_window` seconds; None for no pacing.
-        rate_window: The length of that window (Codat: a minute).
-        rate_burst: Requests the token bucket lets go at once; None: a tenth of the limit.
-        in_flight_per_company: Requests in flight per company, 1 to 10.
+        limits: Requests in any window for every company together (none: unpaced), the burst
+            the token bucket lets go at once, and requests in flight per company.
         breaker: Stops the run's requests when the API stops answering.
         stop: The run's switch that stops its requests (the command line trips it on a signal);
             a new one by default.
@@ -298,15 +296,13 @@ class Pacer:
 
     def __init__(
         self,
-        requests_per_minute: int | None = DEFAULT_REQUESTS_PER_MINUTE,
-        rate_window: float = DEFAULT_RATE_WINDOW,
-        in_flight_per_company: int = DEFAULT_IN_FLIGHT_PER_COMPANY,
-        rate_burst: int | None = None,
+        limits: ApiLimits = ApiLimits(),  # noqa: B008 - frozen: one shared default is safe
         breaker: CircuitBreaker | None = None,
         stop: StopSwitch | None = None,
     ) -> None:
-        self.gate = RateGate(requests_per_minute, rate_window, rate_burst) if requests_per_minute else None
-        self.slots = CompanySlots(in_flight_per_company)
+        rate = limits.requests_per_minute
+        self.gate = RateGate(rate, limits.rate_window, limits.rate_burst) if rate else None
+        self.slots = CompanySlots(limits.in_flight_per_company)
         self.quota = QuotaWatch()
         self.breaker = breaker or CircuitBreaker()
         self.stop = stop or StopSwitch()
@@ -348,7 +344,7 @@ class PacedAdapter(HTTPAdapter):
         """Send one attempt in its turn, holding the company's slot until its answer's headers.
 
         Preparing a URL, `requests` removes its dot segments, then decodes `%2E` to `.`: a `.`
-        or `..` segment left is an id that `seg` encoded, and goes out as `%2E` again, so that
+        or `..` segment left is an id that `segment` encoded, and goes out as `%2E` again, so that
         neither urllib3 (through a proxy) nor the server removes it.
         """
         head, mark, query = (request.url or "").partition("?")

@@ -14,12 +14,10 @@ import logging
 import os
 
 import dlt
-from dlt.common.destination.exceptions import SqlClientNotAvailable
 from dlt.common.storages.load_package import PackageStorage
 from dlt.common.storages.load_storage import LoadStorage
-from dlt.destinations.exceptions import DatabaseException
 
-from connector.views import has_table
+from connector.warehouse import read_table
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +63,13 @@ def load_recorded(pipeline: dlt.Pipeline, load_id: str) -> bool:
     of the package's rows. Destinations without SQL (files) are not asked: completing their
     load again writes the same record again.
     """
-    if not pipeline.default_schema_name or not has_table(pipeline, pipeline.default_schema.loads_table_name):
+    if not pipeline.default_schema_name:
         return False
-    try:
-        with pipeline.sql_client() as sql:
-            table = sql.make_qualified_table_name(pipeline.default_schema.loads_table_name)
-            rows = sql.execute_sql(f"SELECT COUNT(*) FROM {table} WHERE load_id = %s", load_id)
-    except (SqlClientNotAvailable, DatabaseException) as exc:
-        logger.info("Load %s not looked up in the destination: %s", load_id, exc)
-        return False
+    rows = read_table(
+        pipeline,
+        pipeline.default_schema.loads_table_name,
+        lambda table: f"SELECT COUNT(*) FROM {table} WHERE load_id = %s",
+        load_id,
+        what=f"Load {load_id} not looked up in the destination",
+    )
     return bool(rows and rows[0][0])

@@ -95,7 +95,17 @@ class ShardPlan:
         """
         if key not in self.partition_keys():
             raise InvalidOption(f"{key!r} is not a shard of this plan: use 00 to {self.key(self.count - 1)}")
-        return int(key)
+        return self.check_shard(int(key))
+
+    def check_shard(self, shard: int) -> int:
+        """`shard` if it is a shard of this plan.
+
+        Raises:
+            InvalidOption: It is not one (0 to `count` - 1).
+        """
+        if not 0 <= shard < self.count:
+            raise InvalidOption(f"shard {shard} is not a shard of the plan: use 0 to {self.count - 1}")
+        return shard
 
     def shard_of(self, company_id: str) -> int:
         """The shard a company belongs to in this plan."""

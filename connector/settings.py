@@ -8,6 +8,7 @@ source, so a setting made in configuration means the same as one made on the com
 """
 
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +44,37 @@ from connector.defaults import (
 )
 from connector.errors import InvalidOption
 from connector.records import parse_codat_datetime
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the client retries and how long an attempt waits (`CodatClient`)."""
+
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    backoff_factor: float = DEFAULT_BACKOFF_FACTOR
+    max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """The client's pace within Codat's limits (`connector.pacing.Pacer`); no requests_per_minute: unpaced."""
+
+    requests_per_minute: int | None = DEFAULT_REQUESTS_PER_MINUTE
+    rate_window: float = DEFAULT_RATE_WINDOW
+    rate_burst: int | None = None
+    in_flight_per_company: int = DEFAULT_IN_FLIGHT_PER_COMPANY
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When the circuit breaker stops a run's requests (`connector.pacing.CircuitBreaker`)."""
+
+    failures: int = DEFAULT_BREAKER_FAILURES
+    seconds: float = DEFAULT_BREAKER_SECONDS
+    silence: float = DEFAULT_BREAKER_SILENCE
+
 
 SECTIONS = (known_sections.SOURCES, "codat")  # [sources.codat], SOURCES__CODAT__*
 MAX_PAGE_SIZE = 5000  # Codat's largest page
@@ -116,7 +148,8 @@ class CodatSettings(BaseConfiguration):
         _at_least("shards", self.shards, 1)
         _between("shard", self.shard, 0, self.shards - 1)
         for name in ("quota_reserve", "max_retry_wait", "backoff_factor", "breaker_seconds"):
-            _at_least(name, getattr(self, name), 0)
+            if not getattr(self, name) >= 0:
+                raise InvalidOption(f"{setting(name)} must be 0 or more; got {getattr(self, name)}")
         if not 0 <= self.attachment_refresh_days < math.inf:
             raise InvalidOption(
                 f"{setting('attachment_refresh_days')} must be a number of days, 0 or more "
@@ -169,6 +202,26 @@ class CodatSettings(BaseConfiguration):
                 f"since ({self.since}) must be before until ({self.until}): the window holds no instant"
             )
         return since, until
+
+    def retry(self) -> RetryPolicy:
+        """The client's retries and timeouts."""
+        return RetryPolicy(
+            self.max_attempts,
+            self.backoff_factor,
+            self.max_retry_wait,
+            self.connect_timeout,
+            self.read_timeout,
+        )
+
+    def limits(self) -> ApiLimits:
+        """The client's pace: the rate for every company together, and requests in flight per company."""
+        return ApiLimits(
+            self.requests_per_minute, self.rate_window, self.rate_burst, self.attachment_concurrency
+        )
+
+    def breaker(self) -> BreakerPolicy:
+        """When the client stops sending."""
+        return BreakerPolicy(self.breaker_failures, self.breaker_seconds, self.breaker_silence)
 
     def in_shard_only(self) -> bool:
         """Whether the run syncs one shard of the account's companies, not all of them."""

@@ -39,7 +39,8 @@ from connector.lock import pipeline_lock
 from connector.placement import ShardPlan
 from connector.records import LISTING_COLUMNS, LISTING_KEY, LISTINGS_TABLE
 from connector.source import codat_source
-from connector.sync import STATUS_COLUMNS, STATUS_KEY, SyncSummary, run_sync
+from connector.status import STATUS_COLUMNS, STATUS_KEY
+from connector.sync import SyncSummary, run_sync
 from connector.views import create_views
 
 logger = logging.getLogger(__name__)
@@ -80,10 +81,16 @@ def _pipeline(plan: ShardPlan, name: str, destination: Any) -> dlt.Pipeline:
     return pipeline
 
 
-def loaded_shard_counts(plan: ShardPlan, pipeline: dlt.Pipeline) -> dict[int, list[str]]:
-    """The shard counts the plan's dataset (or DuckDB folder) was loaded with, and by which pipelines."""
+def loaded_shard_counts(plan: ShardPlan, pipeline: dlt.Pipeline | None = None) -> dict[int, list[str]]:
+    """The shard counts the plan's dataset (or DuckDB folder) was loaded with, and by which pipelines.
+
+    The DuckDB shard files are named after their pipelines: the folder says it all. A shared
+    dataset is asked through `pipeline`, any pipeline of the plan's destination and dataset.
+    """
     if plan.per_file:
         names = [path.stem for path in Path(plan.duckdb_folder).expanduser().glob(f"{plan.prefix}_shard_*")]
+    elif pipeline is None:
+        raise ValueError(f"a pipeline of the {plan.destination} dataset is needed to read its shard counts")
     else:
         names = _state_pipeline_names(pipeline)
     counts: dict[int, list[str]] = {}
@@ -105,12 +112,16 @@ def _state_pipeline_names(pipeline: dlt.Pipeline) -> list[str]:
         return []
 
 
-def check_plan(plan: ShardPlan, pipeline: dlt.Pipeline) -> None:
+def check_plan(plan: ShardPlan, pipeline: dlt.Pipeline | None = None) -> None:
     """Refuse a shard count other than the one the dataset was loaded with.
 
     A company's shard is a function of the count, and its cursor lives in its shard's state:
     under another count, companies would be read again from the start by one shard while
     their old shard never runs again.
+
+    Args:
+        plan: The plan.
+        pipeline: A pipeline of the plan's dataset; not needed for DuckDB shard files.
 
     Raises:
         ShardPlanChanged: The dataset holds shards of another count.
@@ -171,7 +182,7 @@ def prepare_dataset(plan: ShardPlan) -> list[str]:
     """
     if plan.per_file:
         Path(plan.duckdb_folder).expanduser().mkdir(parents=True, exist_ok=True)
-        check_plan(plan, shard_pipeline(plan, 0))
+        check_plan(plan)
         return []
     # A pipeline of its own that never loads data: it stores no state in the dataset.
     pipeline = _pipeline(plan, f"{plan.prefix}_shard_schema", shard_destination(plan, 0))
@@ -227,8 +238,7 @@ def run_shard(plan: ShardPlan, shard: int, fresh_state: bool = True, **source_op
         PipelineStepFailed: A step failed for another reason than a lost schema race, or lost
             it `SCHEMA_RACE_ATTEMPTS` times.
     """
-    if not 0 <= shard < plan.count:
-        raise InvalidOption(f"shard {shard} is not a shard of the plan: use 0 to {plan.count - 1}")
+    plan.check_shard(shard)
     pipeline = shard_pipeline(plan, shard)
     with pipeline_lock(pipeline.pipelines_dir, pipeline.pipeline_name):
         if fresh_state:

@@ -13,7 +13,7 @@ import pyarrow as pa
 from dlt.common.schema.typing import TTableSchemaColumns
 from dlt.sources import DltResource
 
-from connector.attachments import AttachmentSync, Collector
+from connector.attachments import AttachmentSync, DeferredListing
 from connector.batches import CHILD_TABLES, CUSTOMER_COLUMNS, PageBatch, child_columns
 from connector.client import CodatClient
 from connector.customers import CustomerSync, accounting_connection_ids
@@ -90,7 +90,7 @@ LISTERS = ("customer_attachments", "customer_attachments_backlog", "customer_att
 
 # Declared, not inferred: a company that never synced has no `lastSync`, and its shard would
 # otherwise leave the column to whichever shard meets one first (`connector.shards`).
-DATES: TTableSchemaColumns = {name: {"data_type": "timestamp"} for name in ("last_sync", "created")}
+COMPANY_DATES: TTableSchemaColumns = {name: {"data_type": "timestamp"} for name in ("last_sync", "created")}
 
 
 def map_company(company: Json) -> Json:
@@ -215,18 +215,9 @@ def codat_source(
     client = CodatClient(
         api_key,
         base_url,
-        max_attempts=max_attempts,
-        backoff_factor=backoff_factor,
-        max_retry_wait=max_retry_wait,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        requests_per_minute=requests_per_minute,
-        rate_window=rate_window,
-        rate_burst=rate_burst,
-        in_flight_per_company=attachment_concurrency,
-        breaker_failures=breaker_failures,
-        breaker_seconds=breaker_seconds,
-        breaker_silence=breaker_silence,
+        retry=settings.retry(),
+        limits=settings.limits(),
+        breaker=settings.breaker(),
         stop=run_report.stop,  # the caller's (the command line trips it on a signal)
     )
     run_report.requests = client.requests
@@ -264,7 +255,11 @@ def codat_source(
     @dlt.resource(
         primary_key="id",
         write_disposition="merge",
-        columns={"reference_parent_company": {"data_type": "json"}, "tags": {"data_type": "json"}, **DATES},
+        columns={
+            "reference_parent_company": {"data_type": "json"},
+            "tags": {"data_type": "json"},
+            **COMPANY_DATES,
+        },
     )
     def companies() -> Iterator[list[Json]]:
         yield [map_company(c) for c in account()]
@@ -272,7 +267,7 @@ def codat_source(
     @dlt.resource(
         primary_key=("company_id", "id"),
         write_disposition="merge",
-        columns={"connection_info": {"data_type": "json"}, **DATES},
+        columns={"connection_info": {"data_type": "json"}, **COMPANY_DATES},
     )
     def connections() -> Iterator[list[Json]]:
         for company in account():
@@ -352,7 +347,7 @@ def codat_source(
         )
 
     @dlt.transformer(data_from=customers)
-    def customer_attachments(batch: Any) -> Iterator[Collector]:
+    def customer_attachments(batch: Any) -> Iterator[DeferredListing]:
         # The customers resource also yields its child tables: only the customers table (the
         # one that links to no parent) names customers, of one company or more.
         if isinstance(batch, pa.Table) and "_dlt_parent_id" not in batch.column_names:
@@ -360,11 +355,11 @@ def codat_source(
                 yield from attachment_sync().for_customers(company_id, customers)
 
     @dlt.resource(table_name="customer_attachments")
-    def customer_attachments_backlog() -> Iterator[Collector]:
+    def customer_attachments_backlog() -> Iterator[DeferredListing]:
         yield from attachment_sync().backlog_pages()
 
     @dlt.resource(table_name="customer_attachments")
-    def customer_attachments_refresh() -> Iterator[Collector | None]:
+    def customer_attachments_refresh() -> Iterator[DeferredListing | None]:
         yield from attachment_sync().refresh_pages()
 
     listers = [customer_attachments, customer_attachments_backlog, customer_attachments_refresh]

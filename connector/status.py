@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dlt.common.schema.typing import TTableSchemaColumns
+
 from connector.client import RequestCounter
 from connector.errors import CodatApiError, RunStopped
 from connector.pacing import API_UNREACHABLE, DISK_FULL, INTERRUPTED, QUOTA_SPENT, StopSwitch
@@ -24,6 +26,27 @@ STOPPED_STATUSES = {
     DISK_FULL: "disk_full",
 }
 STATUSES = (OK, UNCHANGED, SKIPPED, NOT_READY, FAILED, *STOPPED_STATUSES.values())  # summary order
+# The `sync_status` table: a row per company of each run (`RunReport.rows`).
+STATUS_KEY = ("load_id", "company_id")  # a run's row per company, written once however often loaded
+STATUS_COLUMNS: TTableSchemaColumns = {
+    "company_id": {"data_type": "text", "nullable": False},
+    "company_name": {"data_type": "text"},
+    "status": {"data_type": "text", "nullable": False},
+    "http_status": {"data_type": "bigint"},
+    "error": {"data_type": "text"},
+    "correlation_id": {"data_type": "text"},
+    "notes": {"data_type": "text"},
+    "deferral_reason": {"data_type": "text"},
+    "attachments_added": {"data_type": "bigint"},  # counted after the load (SQL destinations)
+    "attachments_removed": {"data_type": "bigint"},
+    "refresh_done": {"data_type": "bigint"},
+    "refresh_total": {"data_type": "bigint"},
+    "refresh_behind": {"data_type": "bigint"},
+    "refresh_cycle_started": {"data_type": "timestamp"},
+    "requests": {"data_type": "bigint"},
+    "run_started_at": {"data_type": "timestamp"},
+    "load_id": {"data_type": "text", "nullable": False},
+}
 
 
 @dataclass
@@ -72,7 +95,7 @@ class CompanyReport:
         self.fail(exc, NOT_READY)
         self.error = exc.error  # Codat's reason, for the summary and `sync_status`
 
-    def stopped(self, reason: RunStopped) -> None:
+    def record_stop(self, reason: RunStopped) -> None:
         """The run stopped before this company was done; whatever it said before is a note."""
         if self.error is not None:
             self.notes.append(self.error)
@@ -116,7 +139,7 @@ class RunReport:
         """Companies that failed in this run."""
         return [c for c in self.companies.values() if c.status == FAILED]
 
-    def settle(self) -> None:
+    def mark_cut_short(self) -> None:
         """Once the run has stopped, mark the companies it cut short as stopped, not failed or ok.
 
         They are the failures the stop explains (no answer, `5xx`, `429`), and the companies
@@ -128,7 +151,7 @@ class RunReport:
         for outcome in self.companies.values():
             cut_short = outcome.status in (OK, UNCHANGED) and outcome.deferral_reason == str(reason)
             if (outcome.status == FAILED and outcome.transient) or cut_short:
-                outcome.stopped(reason)
+                outcome.record_stop(reason)
 
     def rows(self, load_id: str | None) -> list[dict[str, Any]]:
         """The `sync_status` rows of this run, one per company."""

@@ -15,9 +15,6 @@ from typing import Any
 
 import dlt
 from dlt.common.destination import TLoaderFileFormat
-from dlt.common.destination.exceptions import SqlClientNotAvailable
-from dlt.common.schema.typing import TTableSchemaColumns
-from dlt.destinations.exceptions import DatabaseException
 from dlt.sources import DltSource
 
 from connector.batches import CHILD_TABLES
@@ -31,33 +28,14 @@ from connector.packages import finish_archiving
 from connector.records import LISTINGS_TABLE
 from connector.settings import CodatSettings, resolve_settings
 from connector.source import LISTERS, codat_source
-from connector.status import FAILED, NOT_READY, OK, STATUSES, RunReport
-from connector.views import create_views, has_table, prune_child_rows
+from connector.status import FAILED, NOT_READY, OK, STATUS_COLUMNS, STATUS_KEY, STATUSES, RunReport
+from connector.views import create_views, prune_child_rows
+from connector.warehouse import in_list, read_table
 
 logger = logging.getLogger(__name__)
 
 # Destinations whose CSV load (dlt's default for Arrow there) turns "" into NULL.
 COPY_NULLS_EMPTY = frozenset({"postgres"})
-STATUS_KEY = ("load_id", "company_id")  # a run's row per company, written once however often loaded
-STATUS_COLUMNS: TTableSchemaColumns = {
-    "company_id": {"data_type": "text", "nullable": False},
-    "company_name": {"data_type": "text"},
-    "status": {"data_type": "text", "nullable": False},
-    "http_status": {"data_type": "bigint"},
-    "error": {"data_type": "text"},
-    "correlation_id": {"data_type": "text"},
-    "notes": {"data_type": "text"},
-    "deferral_reason": {"data_type": "text"},
-    "attachments_added": {"data_type": "bigint"},  # counted after the load (SQL destinations)
-    "attachments_removed": {"data_type": "bigint"},
-    "refresh_done": {"data_type": "bigint"},
-    "refresh_total": {"data_type": "bigint"},
-    "refresh_behind": {"data_type": "bigint"},
-    "refresh_cycle_started": {"data_type": "timestamp"},
-    "requests": {"data_type": "bigint"},
-    "run_started_at": {"data_type": "timestamp"},
-    "load_id": {"data_type": "text", "nullable": False},
-}
 # Exit codes of a run, one per way it can end (the README's "Operations" lists what to do).
 EXIT_OK = 0  # every company synced, or is not ready in Codat yet
 EXIT_COMPANY_FAILED = 1  # a company failed (or, with --strict, is not ready)
@@ -206,21 +184,20 @@ def count_customers(pipeline: dlt.Pipeline, company_ids: list[str] | None = None
         company_ids: Count only these companies' customers (a shard's, while other shards load
             the same dataset); None: every customer.
     """
-    if not has_table(pipeline, "customers") or company_ids == []:
+    if company_ids == []:
         return CustomerCounts()
-    try:
-        with pipeline.sql_client() as sql:
-            table = sql.make_qualified_table_name("customers")
-            where = f"WHERE company_id IN ({', '.join(['%s'] * len(company_ids))})" if company_ids else ""
-            rows = sql.execute_sql(
-                "SELECT COUNT(*), COALESCE(SUM(d), 0) FROM (SELECT company_id, id, "
-                f"MAX(CASE WHEN is_deleted THEN 1 ELSE 0 END) AS d FROM {table} {where} "
-                "GROUP BY company_id, id) k",
-                *(company_ids or []),
-            )
-    except (SqlClientNotAvailable, DatabaseException) as exc:  # no SQL here, or no table yet
-        logger.info("Customers not counted: %s", exc)
-        return CustomerCounts()
+    where = f"WHERE {in_list('company_id', company_ids)}" if company_ids else ""
+    rows = read_table(
+        pipeline,
+        "customers",
+        lambda table: (
+            "SELECT COUNT(*), COALESCE(SUM(d), 0) FROM (SELECT company_id, id, "
+            f"MAX(CASE WHEN is_deleted THEN 1 ELSE 0 END) AS d FROM {table} {where} "
+            "GROUP BY company_id, id) k"
+        ),
+        *(company_ids or []),
+        what="Customers not counted",
+    )
     return CustomerCounts(int(rows[0][0]), int(rows[0][1])) if rows else CustomerCounts()
 
 
@@ -307,21 +284,17 @@ def finish_interrupted(pipeline: dlt.Pipeline) -> list[str]:
     if not ids:
         return []
     lines = [f"interrupted run finished first: {len(ids)} load package(s) {', '.join(ids)}"]
-    if not has_table(pipeline, "sync_status"):
-        return lines
-    try:
-        with pipeline.sql_client() as sql:
-            table = sql.make_qualified_table_name("sync_status")
-            marks = ", ".join(["%s"] * len(ids))
-            rows = sql.execute_sql(
-                f"SELECT COUNT(*), SUM(customers_loaded), SUM(attachments_loaded) FROM {table} "
-                f"WHERE load_id IN ({marks}) OR _dlt_load_id IN ({marks})",
-                *ids,
-                *ids,
-            )
-    except (SqlClientNotAvailable, DatabaseException) as exc:
-        logger.info("Interrupted run not summed up: %s", exc)
-        return lines
+    rows = read_table(
+        pipeline,
+        "sync_status",
+        lambda table: (
+            f"SELECT COUNT(*), SUM(customers_loaded), SUM(attachments_loaded) FROM {table} "
+            f"WHERE {in_list('load_id', ids)} OR {in_list('_dlt_load_id', ids)}"
+        ),
+        *ids,
+        *ids,
+        what="Interrupted run not summed up",
+    )
     if rows and rows[0][0]:
         companies, customers, attachments = rows[0]
         lines.append(
@@ -397,7 +370,7 @@ def run_sync(
                 raise
             report.stop.trip(DISK_FULL, describe_full_disk(path, run_places(pipeline, settings)))
         if done.status_rows is None:  # the extract did not get that far
-            report.settle()
+            report.mark_cut_short()
             done.status_rows = report.rows(done.load_id)
     return summarise(report, done, pipeline, settings.hard_delete, started)
 
@@ -412,7 +385,8 @@ class RunSteps:
     steps: dict[str, float] = field(default_factory=dict)  # seconds of extract, normalize, load
     load_id: str | None = None
     status_rows: list[dict[str, Any]] | None = None
-    counts: tuple[CustomerCounts, CustomerCounts] | None = None  # before and after the load
+    counted_before: CustomerCounts = field(default_factory=CustomerCounts)  # once extracted
+    counts: tuple[CustomerCounts, CustomerCounts] | None = None  # before and after the load, once loaded
     attachments_added: Counter[str] = field(default_factory=Counter)  # per company
     attachments_removed: Counter[str] = field(default_factory=Counter)
     views: list[str] = field(default_factory=list)
@@ -424,7 +398,7 @@ class RunSteps:
             name="sync_status", write_disposition="merge", primary_key=STATUS_KEY, columns=STATUS_COLUMNS
         )
         def sync_status() -> Iterator[list[dict[str, Any]]]:
-            report.settle()
+            report.mark_cut_short()
             self.status_rows = report.rows(dlt.current.load_package_state()["load_id"])
             if self.status_rows:
                 yield self.status_rows
@@ -432,26 +406,30 @@ class RunSteps:
         return DltSource(source.schema, source.section, [sync_status])
 
     def run(self, pipeline: dlt.Pipeline, source: DltSource, report: RunReport, full_refresh: bool) -> None:
-        """Finish what an interrupted run left, extract, load, prune child rows, make the views."""
+        """Finish what an interrupted run left, extract, load, then the repairs and views after it."""
+        repair = self.recover(pipeline)
+        counted, live = self.extract(pipeline, source, report, full_refresh)
+        self.load(pipeline)
+        self.after_load(pipeline, counted, live, repair)
+
+    def recover(self, pipeline: dlt.Pipeline) -> Path:
+        """Load what an interrupted run left; returns the marker that asks for a repair after this load."""
         self.interrupted = finish_interrupted(pipeline)
         repair = repair_marker(pipeline)
         if self.interrupted:  # its load jobs may have run twice: repair after this run's load
             repair.touch()
         detach_child_tables(pipeline)
-        file_format = arrow_file_format(pipeline)
-        options: dict[str, Any] = {"loader_file_format": file_format}
-        if file_format is not None and "customers" in source.resources:  # dlt sets it on base tables only
-            for table in CHILD_TABLES:
-                source.resources["customers"].apply_hints(
-                    table_name=table, file_format=file_format, create_table_variant=True
-                )
-        listing_format = listing_file_format(pipeline)
-        listers = [name for name in LISTERS if name in source.resources]
-        for name in listers if listing_format is not None else []:
-            source.resources[name].apply_hints(
-                table_name=LISTINGS_TABLE, file_format=listing_format, create_table_variant=True
-            )
-            source.resources[name].apply_hints(file_format=listing_format)
+        return repair
+
+    def extract(
+        self, pipeline: dlt.Pipeline, source: DltSource, report: RunReport, full_refresh: bool
+    ) -> tuple[list[str] | None, Counter[str]]:
+        """Extract the source and the run's `sync_status` rows into one package.
+
+        Returns the companies the counts are scoped to (a shard's; None: every company) and the
+        live attachments per company before the load.
+        """
+        options: dict[str, Any] = {"loader_file_format": _file_formats(pipeline, source)}
         if full_refresh:
             options["refresh"] = "drop_sources"
         with _timed(self.steps, "extract"):
@@ -464,14 +442,23 @@ class RunSteps:
             # Counted now that the run's companies are known (nothing is loaded yet): a shard
             # counts its own, as other shards may be loading the same tables meanwhile.
             counted = list(report.companies) if self.shards > 1 else None
-            before = CustomerCounts() if full_refresh else count_customers(pipeline, counted)
+            self.counted_before = CustomerCounts() if full_refresh else count_customers(pipeline, counted)
             live = Counter[str]() if full_refresh else live_attachments(pipeline, counted)
+        return counted, live
+
+    def load(self, pipeline: dlt.Pipeline) -> None:
+        """Normalize and load the run's package."""
         release_free_memory()  # what the extract's readers freed, before DuckDB takes its share
         with _timed(self.steps, "normalize"):
             pipeline.normalize()
         with _timed(self.steps, "load"):
             pipeline.load()
-        self.counts = (before, count_customers(pipeline, counted))
+
+    def after_load(
+        self, pipeline: dlt.Pipeline, counted: list[str] | None, live: Counter[str], repair: Path
+    ) -> None:
+        """Count, prune replaced child rows, retire unlisted attachments, record them, make the views."""
+        self.counts = (self.counted_before, count_customers(pipeline, counted))
         prune_child_rows(pipeline, repair=repair.exists(), company_ids=counted)
         repair.unlink(missing_ok=True)
         loaded = live_attachments(pipeline, counted)
@@ -484,6 +471,24 @@ class RunSteps:
                 row["attachments_added"] = self.attachments_added[row["company_id"]]
                 row["attachments_removed"] = self.attachments_removed[row["company_id"]]
         self.views = create_views(pipeline)
+
+
+def _file_formats(pipeline: dlt.Pipeline, source: DltSource) -> TLoaderFileFormat | None:
+    """Set the file formats of the customer pages and listings on the source; returns the run's."""
+    file_format = arrow_file_format(pipeline)
+    if file_format is not None and "customers" in source.resources:  # dlt sets it on base tables only
+        for table in CHILD_TABLES:
+            source.resources["customers"].apply_hints(
+                table_name=table, file_format=file_format, create_table_variant=True
+            )
+    listing_format = listing_file_format(pipeline)
+    listers = [name for name in LISTERS if name in source.resources]
+    for name in listers if listing_format is not None else []:
+        source.resources[name].apply_hints(
+            table_name=LISTINGS_TABLE, file_format=listing_format, create_table_variant=True
+        )
+        source.resources[name].apply_hints(file_format=listing_format)
+    return file_format
 
 
 def run_places(pipeline: dlt.Pipeline, settings: CodatSettings) -> dict[str, Path]:

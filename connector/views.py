@@ -11,6 +11,7 @@ from dlt.destinations.sql_client import SqlClientBase
 
 from connector.batches import CHILD_TABLES, CUSTOMER_COLUMNS, child_columns
 from connector.records import ATTACHMENT_COLUMNS
+from connector.warehouse import has_table, holds_sql, in_list
 
 CURRENT_CUSTOMERS = """
 SELECT {customer_columns},
@@ -58,11 +59,6 @@ CONTACT_FIELDS = ("name", "email")
 ATTACHMENT_FIELDS = tuple(name for name in ATTACHMENT_COLUMNS if name != "is_deleted")
 
 
-def has_table(pipeline: Pipeline, table: str) -> bool:
-    """Whether the pipeline's schema holds `table` (nothing loaded yet: no schema at all)."""
-    return bool(pipeline.default_schema_name) and table in pipeline.default_schema.tables
-
-
 def prune_child_rows(pipeline: Pipeline, repair: bool = False, company_ids: list[str] | None = None) -> None:
     """Delete the child rows of customer versions that were replaced or hard-deleted.
 
@@ -91,8 +87,7 @@ def prune_child_rows(pipeline: Pipeline, repair: bool = False, company_ids: list
             child = sql.make_qualified_table_name(table)
             scope = ""
             if company_ids is not None:
-                marks = ", ".join(["%s"] * len(company_ids))
-                scope = f"(company_id IS NULL OR company_id IN ({marks})) AND "
+                scope = f"(company_id IS NULL OR {in_list('company_id', company_ids)}) AND "
             sql.execute_sql(
                 f"DELETE FROM {child} WHERE {scope}NOT EXISTS "
                 f"(SELECT 1 FROM {customers} c WHERE c._dlt_id = {child}._dlt_root_id)",
@@ -116,12 +111,6 @@ def _collapse_twice_loaded(sql: SqlClientBase[Any], child: str, scratch: str) ->
         sql.execute_sql(f"DELETE FROM {child} WHERE _dlt_id IN (SELECT _dlt_id FROM {scratch})")
         sql.execute_sql(f"INSERT INTO {child} SELECT * FROM {scratch}")
         sql.execute_sql(f"DROP TABLE {scratch}")
-
-
-def holds_sql(pipeline: Pipeline) -> bool:
-    """Whether the destination keeps tables SQL can change (not the filesystem destination)."""
-    # The filesystem destination's SQL client is a throwaway in-memory DuckDB over its files.
-    return pipeline.destination.destination_name != "filesystem"
 
 
 def create_views(pipeline: Pipeline) -> list[str]:

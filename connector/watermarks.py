@@ -114,7 +114,7 @@ def _join(a: Span, b: Span) -> Span:
 
 
 @dataclass
-class Stream:
+class CustomerPass:
     """One ordered pass of this run over a company's customers, and what it leaves undone.
 
     The pass is either the run's new work (customers that changed) or one span left by an

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connector.watermarks import MAX_SKIP, MAX_SPANS, NO_DATE, Span, Stream, customer_key, merge_spans
+from connector.watermarks import MAX_SKIP, MAX_SPANS, NO_DATE, CustomerPass, Span, customer_key, merge_spans
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -86,14 +86,14 @@ def test_merge_caps_the_spans_of_a_company_and_still_covers_them_all() -> None:
 
 
 def test_a_pass_with_nothing_undone_leaves_nothing() -> None:
-    stream = Stream()
+    stream = CustomerPass()
     for minute in range(5):
         stream.done(key(minute))
     assert stream.spans() == []
 
 
 def test_a_pass_stopped_midway_leaves_one_span_that_skips_what_finished_out_of_order() -> None:
-    stream = Stream()
+    stream = CustomerPass()
     for minute in (0, 1, 2, 4, 6):  # 4 and 6 finished while 3 was refused
         stream.done(key(minute))
     for minute in (3, 5, 7, 8, 9):
@@ -108,7 +108,7 @@ def test_a_pass_stopped_midway_leaves_one_span_that_skips_what_finished_out_of_o
 
 def test_an_old_span_read_halfway_leaves_its_unread_rest_and_keeps_its_skips() -> None:
     old = Span(key(0), key(100), frozenset({key(50, "done-before")}), listings=40, reason="budget")
-    stream = Stream(old)
+    stream = CustomerPass(old)
     stream.advance(key(30, ""), taken=12)
     stream.done(key(31))
     stream.defer(key(20), "quota")
@@ -122,7 +122,7 @@ def test_an_old_span_read_halfway_leaves_its_unread_rest_and_keeps_its_skips() -
 
 
 def test_an_old_span_read_to_its_end_leaves_only_what_was_deferred() -> None:
-    stream = Stream(Span(key(0), key(100), listings=40))
+    stream = CustomerPass(Span(key(0), key(100), listings=40))
     stream.advance(key(100, ""), taken=40)
     stream.finish()
     assert stream.spans() == []
@@ -135,7 +135,7 @@ def test_every_undone_customer_stays_covered_whatever_the_order(seed: int) -> No
     rng = random.Random(seed)
     keys = [key(rng.randrange(50), f"id{i:03d}") for i in range(120)]
     undone = {k for k in keys if rng.random() < 0.3}
-    stream = Stream()
+    stream = CustomerPass()
     for k in rng.sample(keys, len(keys)):  # out of order, as threads finish
         if k in undone:
             stream.defer(k, "r")
@@ -151,7 +151,7 @@ def test_every_undone_customer_stays_covered_whatever_the_order(seed: int) -> No
 
 def test_reading_an_old_span_never_moves_its_start_back_into_a_tie() -> None:
     old = Span(key(5, "m"), key(5, "m"), listings=1)  # one customer left inside a tie at minute 5
-    stream = Stream(old)
+    stream = CustomerPass(old)
     stream.advance(key(5, ""), taken=1)  # the page holds the whole tie: its last date is minute 5
 
     [span] = stream.spans()

@@ -18,6 +18,7 @@ from connector.emulator.push_models import load_model
 from connector.emulator.wire import ERROR_TEXTS
 from connector.errors import CodatApiError
 from connector.paging import ModifiedDateSeekPaginator
+from connector.settings import RetryPolicy
 from tests.utils import API_KEY
 
 MAX_ATTEMPTS = 4
@@ -25,7 +26,9 @@ MAX_ATTEMPTS = 4
 
 def fast_client(base_url, api_key=API_KEY):
     """A client that backs off for hundredths of a second, so retry tests stay quick."""
-    return CodatClient(api_key, base_url=base_url, backoff_factor=0.01, max_attempts=MAX_ATTEMPTS)
+    return CodatClient(
+        api_key, base_url=base_url, retry=RetryPolicy(backoff_factor=0.01, max_attempts=MAX_ATTEMPTS)
+    )
 
 
 @pytest.fixture
@@ -250,7 +253,7 @@ def test_429_with_retry_after_http_date_is_honoured(emulator, client):
 def test_429_with_retry_after_zero_still_backs_off(emulator, base_url):
     company = companies(emulator)[0]
     emulator.add_fault("429", count=2, retry_after="0")
-    client = CodatClient(API_KEY, base_url=base_url, backoff_factor=0.05, max_attempts=4)
+    client = CodatClient(API_KEY, base_url=base_url, retry=RetryPolicy(backoff_factor=0.05, max_attempts=4))
 
     started = time.monotonic()
     assert client.get_company(company.id)["id"] == company.id
@@ -398,7 +401,7 @@ def test_api_key_never_appears_in_errors_reprs_logs_or_tracebacks(emulator, base
     for name in ("dlt", "urllib3", "requests", "connector"):
         caplog.set_level(logging.DEBUG, logger=name)
     company = companies(emulator)[0]
-    client = CodatClient(API_KEY, base_url=base_url, backoff_factor=0.01, max_attempts=3)
+    client = CodatClient(API_KEY, base_url=base_url, retry=RetryPolicy(backoff_factor=0.01, max_attempts=3))
     emulator.add_fault("429", retry_after="0")
     emulator.add_fault("reset")
 

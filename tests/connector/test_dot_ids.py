@@ -1,7 +1,7 @@
 """Ids that are dot segments (`.`, `..`) and other hostile ids: one segment on the wire, decoded to the id.
 
 `requests` removes a literal dot segment while preparing a URL and decodes `%2E` back to `.`; the
-client's `seg` and its transport (`PacedAdapter.send`) keep `%2E` on the wire. What was sent is
+client's `segment` and its transport (`PacedAdapter.send`) keep `%2E` on the wire. What was sent is
 read from the emulator's request log, which records each request target as it arrived.
 """
 
@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from connector.client import CodatClient, seg
+from connector.client import CodatClient, segment
 from connector.emulator import names
 from connector.emulator.data import attachment_bytes
 from connector.emulator.emulator import Emulator
+from connector.settings import RetryPolicy
 from tests.synctools import Warehouse, readable
 from tests.utils import API_KEY
 
@@ -46,7 +47,7 @@ IDS = [repr(i) for i in WIRE]
 
 @pytest.fixture
 def client(base_url: str) -> CodatClient:
-    return CodatClient(API_KEY, base_url=base_url, backoff_factor=0.01, max_attempts=2)
+    return CodatClient(API_KEY, base_url=base_url, retry=RetryPolicy(backoff_factor=0.01, max_attempts=2))
 
 
 @pytest.fixture
@@ -62,9 +63,9 @@ def sent(emulator: Emulator) -> list[tuple[str, str, int]]:
     return [(e["operation"], e["path"], e["status"]) for e in emulator.request_log]
 
 
-@pytest.mark.parametrize(("value", "segment"), WIRE.items(), ids=IDS)
-def test_seg(value: str, segment: str) -> None:
-    assert seg(value) == segment
+@pytest.mark.parametrize(("value", "wire"), WIRE.items(), ids=IDS)
+def test_segment(value: str, wire: str) -> None:
+    assert segment(value) == wire
 
 
 @pytest.mark.parametrize("customer_id", WIRE, ids=IDS)

@@ -22,6 +22,7 @@ from connector.emulator.emulator import Emulator
 from connector.emulator.launch import emulator_process
 from connector.emulator.store import Sizing
 from connector.lock import lock_path
+from connector.settings import RetryPolicy
 from tests.synctools import (
     Warehouse,
     attachment_keys,
@@ -148,7 +149,7 @@ def test_5xx_in_a_row_open_the_breaker_after_a_few_attempts_not_every_retry(
 def test_dropped_connections_are_counted_as_requests(emulator: Emulator, base_url: str) -> None:
     company = readable(emulator)[0]
     emulator.add_fault("reset", count=2, match=f"/companies/{company.id}/dataStatus")
-    client = CodatClient(API_KEY, base_url, backoff_factor=0.01)
+    client = CodatClient(API_KEY, base_url, retry=RetryPolicy(backoff_factor=0.01))
 
     client.data_status(company.id)
 
@@ -162,7 +163,7 @@ def test_waiting_out_a_retry_after_says_so(
 ) -> None:
     company = readable(emulator)[0]
     emulator.add_fault("429", retry_after="5", match=f"/companies/{company.id}/dataStatus")
-    client = CodatClient(API_KEY, base_url, backoff_factor=0.01)
+    client = CodatClient(API_KEY, base_url, retry=RetryPolicy(backoff_factor=0.01))
 
     with caplog.at_level(logging.WARNING, logger="connector"):
         client.data_status(company.id)

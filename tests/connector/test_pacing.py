@@ -11,6 +11,7 @@ import pytest
 from connector.client import CodatApiError, CodatClient
 from connector.emulator.emulator import Emulator
 from connector.pacing import CircuitBreaker, RateGate, retry_after_seconds
+from connector.settings import RetryPolicy
 from tests.synctools import Warehouse, readable
 from tests.utils import API_KEY
 
@@ -278,25 +279,29 @@ def test_the_client_reads_the_daily_quota_left_from_every_answer(emulator: Emula
 def test_a_429_asking_for_hours_is_final_at_once(emulator: Emulator, base_url: str) -> None:
     company = readable(emulator)[0]
     emulator.add_fault("429", count=5, retry_after="7200", match=f"/companies/{company.id}")
-    client = CodatClient(API_KEY, base_url=base_url, backoff_factor=0.01, max_retry_wait=60)
+    client = CodatClient(
+        API_KEY, base_url=base_url, retry=RetryPolicy(backoff_factor=0.01, max_retry_wait=60)
+    )
 
     with pytest.raises(CodatApiError) as failure:
         client.get_company(company.id)
 
     assert (failure.value.status, failure.value.retry_after) == (429, 7200)
     assert client.pacer.quota.spent_for == 7200
-    assert str(client.stopped) == "daily quota spent: Retry-After 7200 s"
+    assert str(client.stop_cause) == "daily quota spent: Retry-After 7200 s"
     with pytest.raises(CodatApiError) as not_sent:
         client.data_status(company.id)
-    assert not_sent.value.stopped is not None
-    assert not_sent.value.stopped.kind == "daily quota spent"
+    assert not_sent.value.stop_cause is not None
+    assert not_sent.value.stop_cause.kind == "daily quota spent"
     assert len(emulator.request_log) == 1
 
 
 def test_a_429_asking_for_seconds_is_retried(emulator: Emulator, base_url: str) -> None:
     company = readable(emulator)[0]
     emulator.add_fault("429", count=2, retry_after="0", match=f"/companies/{company.id}")
-    client = CodatClient(API_KEY, base_url=base_url, backoff_factor=0.01, max_retry_wait=60)
+    client = CodatClient(
+        API_KEY, base_url=base_url, retry=RetryPolicy(backoff_factor=0.01, max_retry_wait=60)
+    )
 
     assert client.get_company(company.id)["id"] == company.id
     assert [e["status"] for e in emulator.request_log] == [429, 429, 200]

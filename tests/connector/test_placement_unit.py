@@ -11,6 +11,7 @@ import pytest
 from connector.emulator.emulator import Emulator
 from connector.errors import InvalidOption
 from connector.placement import ShardPlan, shard_of
+from connector.shards import ShardPlanChanged, check_plan
 from connector.source import codat_source
 
 # Shard of each id for 2, 3, 16, 100 and 1000 shards: coreutils `b2sum -l 64` of the stripped,
@@ -214,3 +215,31 @@ def test_the_source_refuses_a_shard_outside_the_count_before_any_request(
 
     assert str(refused.value) == message
     assert emulator.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("shard", [-1, 4, 40])
+def test_check_shard_is_the_plans_one_check_of_a_shard_number(shard: int) -> None:
+    plan = ShardPlan(count=4)
+
+    with pytest.raises(InvalidOption) as refused:
+        plan.check_shard(shard)
+
+    assert str(refused.value) == f"shard {shard} is not a shard of the plan: use 0 to 3"
+    assert [plan.check_shard(n) for n in range(4)] == [0, 1, 2, 3]
+
+
+def test_duckdb_shard_files_are_checked_without_a_pipeline(tmp_path: Path) -> None:
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "codat_shard_00_of_3.duckdb").touch()
+    (folder / "codat_shard_01_of_3.duckdb").touch()
+    check_plan(ShardPlan(count=3, duckdb_folder=str(folder)))  # the count the folder holds
+
+    with pytest.raises(ShardPlanChanged) as changed:
+        check_plan(ShardPlan(count=4, duckdb_folder=str(folder)))
+
+    assert str(changed.value).startswith(
+        f"the folder {folder} was loaded in 3 shards (codat_shard_00_of_3 and 1 more), and this run is "
+        "sharded 4 ways."
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]  # no pipeline folder was made

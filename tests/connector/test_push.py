@@ -9,6 +9,7 @@ import pytest
 
 from connector.client import CodatApiError, CodatClient
 from connector.push import PushResult, check_against_model, create_customer, update_customer, wait_for_push
+from connector.settings import RetryPolicy
 from tests.utils import API_KEY
 
 POLL: dict[str, Any] = {"poll_interval": 0.02, "timeout": 10}
@@ -16,7 +17,7 @@ POLL: dict[str, Any] = {"poll_interval": 0.02, "timeout": 10}
 
 @pytest.fixture
 def client(base_url):
-    return CodatClient(API_KEY, base_url=base_url, backoff_factor=0.01, max_attempts=4)
+    return CodatClient(API_KEY, base_url=base_url, retry=RetryPolicy(backoff_factor=0.01, max_attempts=4))
 
 
 @pytest.fixture

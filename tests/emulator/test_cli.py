@@ -7,6 +7,7 @@ import selectors
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -168,3 +169,27 @@ def test_port_in_use_exits_2_with_a_clear_message():
         )
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_the_codat_emulator_command_is_installed_with_the_package_and_serves() -> None:
+    command = Path(sys.executable).parent / "codat-emulator"
+    assert command.is_file(), f"{command} is missing: install the package (pip install -e .)"
+    process = subprocess.Popen(
+        [str(command), "--port", "0", "--companies", "1", "--customers", "5", "--api-key", "K"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = read_line(process, timeout=30)
+        match = READY.search(line)
+        assert match, line
+        answer = requests.get(f"{match[1]}/companies", headers={"Authorization": basic_auth("K")}, timeout=10)
+    finally:
+        stop(process)
+        process.stdout.close()
+        process.stderr.close()
+
+    assert line.rstrip() == f"Codat emulator ready at {match[1]} (1 companies, 5 customers)"
+    assert answer.status_code == 200
+    assert answer.json()["totalResults"] == 1
