@@ -37,6 +37,7 @@ from connector.errors import (
 from connector.lock import pipeline_lock
 from connector.pacing import DISK_FULL, INTERRUPTED, StopSwitch
 from connector.settings import coercion_problem, missing_problem, resolve_settings
+from connector.source import dlt_logger_filtered
 from connector.sync import (
     EXIT_API_UNREACHABLE,
     EXIT_BAD_INPUT,
@@ -224,16 +225,9 @@ class _QuietFullDisk(logging.Filter):
         return not any(text in record.getMessage() for text in DISK_FULL_TEXTS)
 
 
-@contextlib.contextmanager
-def quiet_full_disk() -> Iterator[None]:
+def quiet_full_disk() -> contextlib.AbstractContextManager[None]:
     """Hold dlt's own words on a full disk back for the command's run."""
-    quiet = _QuietFullDisk()
-    dlt_logger = logging.getLogger("dlt")
-    dlt_logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        dlt_logger.removeFilter(quiet)
+    return dlt_logger_filtered(_QuietFullDisk())
 
 
 def sync(args: argparse.Namespace, stop: StopSwitch) -> int:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -17,27 +17,7 @@ from connector.attachments import AttachmentSync, DeferredListing
 from connector.batches import CHILD_TABLES, CUSTOMER_COLUMNS, PageBatch, child_columns
 from connector.client import CodatClient
 from connector.customers import CustomerSync, accounting_connection_ids
-from connector.defaults import (
-    DEFAULT_BACKOFF_FACTOR,
-    DEFAULT_BASE_URL,
-    DEFAULT_BREAKER_FAILURES,
-    DEFAULT_BREAKER_SECONDS,
-    DEFAULT_BREAKER_SILENCE,
-    DEFAULT_COMPANY_CONCURRENCY,
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_FILES_URL,
-    DEFAULT_IN_FLIGHT_PER_COMPANY,
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_FILE_SIZE,
-    DEFAULT_MAX_RETRY_WAIT,
-    DEFAULT_PAGE_SIZE,
-    DEFAULT_QUOTA_RESERVE,
-    DEFAULT_RATE_WINDOW,
-    DEFAULT_READ_TIMEOUT,
-    DEFAULT_REFRESH_DAYS,
-    DEFAULT_REQUESTS_PER_MINUTE,
-    PAGES_HELD_AT_ONCE,
-)
+from connector.defaults import PAGES_HELD_AT_ONCE
 from connector.errors import CodatApiError, InvalidOption
 from connector.files import FileStore
 from connector.placement import shard_of
@@ -73,16 +53,20 @@ class _ExpectedDltWarnings(logging.Filter):
         return not any(text in message for text in self.EXPECTED)
 
 
-@contextmanager
-def expected_dlt_warnings_hidden() -> Iterator[None]:
-    """Hide `_ExpectedDltWarnings` on dlt's logger for the block."""
-    hidden = _ExpectedDltWarnings()
+@contextlib.contextmanager
+def dlt_logger_filtered(log_filter: logging.Filter) -> Iterator[None]:
+    """`log_filter` on dlt's logger for the block only: other pipelines of the process keep every record."""
     dlt_logger = logging.getLogger("dlt")
-    dlt_logger.addFilter(hidden)
+    dlt_logger.addFilter(log_filter)
     try:
         yield
     finally:
-        dlt_logger.removeFilter(hidden)
+        dlt_logger.removeFilter(log_filter)
+
+
+def expected_dlt_warnings_hidden() -> contextlib.AbstractContextManager[None]:
+    """Hide `_ExpectedDltWarnings` on dlt's logger for the block."""
+    return dlt_logger_filtered(_ExpectedDltWarnings())
 
 
 # The resources that list attachments: changed customers, what earlier runs left, the refresh.
@@ -112,36 +96,36 @@ def map_connection(connection: Json, company_id: str) -> Json:
 @dlt.source(name="codat", section="codat", max_table_nesting=2, spec=CodatSettings)
 def codat_source(
     api_key: str = dlt.secrets.value,
-    base_url: str = DEFAULT_BASE_URL,
-    company_ids: list[str] | None = None,
-    company_query: str | None = None,
-    page_size: int = DEFAULT_PAGE_SIZE,
-    attachments: bool = True,
-    attachment_concurrency: int = DEFAULT_IN_FLIGHT_PER_COMPANY,
-    company_concurrency: int = DEFAULT_COMPANY_CONCURRENCY,
-    request_budget: int | None = None,
-    requests_per_minute: int | None = DEFAULT_REQUESTS_PER_MINUTE,
-    rate_window: float = DEFAULT_RATE_WINDOW,
-    rate_burst: int | None = None,
-    max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
-    quota_reserve: int = DEFAULT_QUOTA_RESERVE,
-    download_files: bool = False,
-    files_url: str = DEFAULT_FILES_URL,
-    max_file_size: int = DEFAULT_MAX_FILE_SIZE,
-    hard_delete: bool = False,
-    attachment_refresh_days: float = DEFAULT_REFRESH_DAYS,
-    refresh_attachments: bool = False,
-    since: str | None = None,
-    until: str | None = None,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    read_timeout: float = DEFAULT_READ_TIMEOUT,
-    breaker_failures: int = DEFAULT_BREAKER_FAILURES,
-    breaker_seconds: float = DEFAULT_BREAKER_SECONDS,
-    breaker_silence: float = DEFAULT_BREAKER_SILENCE,
-    shards: int = 1,
-    shard: int = 0,
+    base_url: str = CodatSettings.base_url,
+    company_ids: list[str] | None = CodatSettings.company_ids,
+    company_query: str | None = CodatSettings.company_query,
+    page_size: int = CodatSettings.page_size,
+    attachments: bool = CodatSettings.attachments,
+    attachment_concurrency: int = CodatSettings.attachment_concurrency,
+    company_concurrency: int = CodatSettings.company_concurrency,
+    request_budget: int | None = CodatSettings.request_budget,
+    requests_per_minute: int | None = CodatSettings.requests_per_minute,
+    rate_window: float = CodatSettings.rate_window,
+    rate_burst: int | None = CodatSettings.rate_burst,
+    max_retry_wait: float = CodatSettings.max_retry_wait,
+    quota_reserve: int = CodatSettings.quota_reserve,
+    download_files: bool = CodatSettings.download_files,
+    files_url: str = CodatSettings.files_url,
+    max_file_size: int = CodatSettings.max_file_size,
+    hard_delete: bool = CodatSettings.hard_delete,
+    attachment_refresh_days: float = CodatSettings.attachment_refresh_days,
+    refresh_attachments: bool = CodatSettings.refresh_attachments,
+    since: str | None = CodatSettings.since,
+    until: str | None = CodatSettings.until,
+    max_attempts: int = CodatSettings.max_attempts,
+    backoff_factor: float = CodatSettings.backoff_factor,
+    connect_timeout: float = CodatSettings.connect_timeout,
+    read_timeout: float = CodatSettings.read_timeout,
+    breaker_failures: int = CodatSettings.breaker_failures,
+    breaker_seconds: float = CodatSettings.breaker_seconds,
+    breaker_silence: float = CodatSettings.breaker_silence,
+    shards: int = CodatSettings.shards,
+    shard: int = CodatSettings.shard,
     settings: CodatSettings = None,  # type: ignore[assignment]  # dlt passes the resolved spec
     report: RunReport | None = None,
 ) -> Sequence[DltResource]:
