@@ -9,7 +9,8 @@ from __future__ import annotations
 
 # -- the API and its limits ------------------------------------------------------------------
 DEFAULT_BASE_URL = "https://api.codat.io"
-DEFAULT_PAGE_SIZE = 5000  # customers per request: Codat's largest page
+MAX_PAGE_SIZE = 5000  # customers per request: Codat's largest page
+DEFAULT_PAGE_SIZE = MAX_PAGE_SIZE
 DEFAULT_LIST_PAGE_SIZE = 1000  # companies and connections per request
 MAX_IN_FLIGHT_PER_COMPANY = 10  # Codat answers 429 past 10 concurrent requests for one company
 DEFAULT_IN_FLIGHT_PER_COMPANY = MAX_IN_FLIGHT_PER_COMPANY

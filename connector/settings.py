@@ -41,6 +41,7 @@ from connector.defaults import (
     DEFAULT_REQUESTS_PER_MINUTE,
     MAX_COMPANY_CONCURRENCY,
     MAX_IN_FLIGHT_PER_COMPANY,
+    MAX_PAGE_SIZE,
 )
 from connector.errors import InvalidOption
 from connector.records import parse_codat_datetime
@@ -77,7 +78,6 @@ class BreakerPolicy:
 
 
 SECTIONS = (known_sections.SOURCES, "codat")  # [sources.codat], SOURCES__CODAT__*
-MAX_PAGE_SIZE = 5000  # Codat's largest page
 
 
 def setting(name: str) -> str:
@@ -222,10 +222,6 @@ class CodatSettings(BaseConfiguration):
     def breaker(self) -> BreakerPolicy:
         """When the client stops sending."""
         return BreakerPolicy(self.breaker_failures, self.breaker_seconds, self.breaker_silence)
-
-    def in_shard_only(self) -> bool:
-        """Whether the run syncs one shard of the account's companies, not all of them."""
-        return self.shards > 1
 
 
 def resolve_settings(**explicit: Any) -> CodatSettings:
