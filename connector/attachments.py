@@ -272,17 +272,16 @@ class AttachmentSync:
         seen: set[Key] = set()  # customers at the seek bound, which the next page repeats
         try:
             for page in self.client.list_customers(company_id, paginator):
-                records = page.get("results") or []
+                stamps = page.stamps()
                 tasks = []
-                for record in records:
-                    modified = parse_codat_datetime(record.get("modifiedDate"))
-                    key = customer_key(modified, str(record.get("id")))
+                for sent, customer_id in stamps:
+                    key = customer_key(parse_codat_datetime(sent), customer_id)
                     if key in seen or not span.covers(key):
                         continue
                     seen.add(key)
                     tasks.append(Task(company_id, key[1], connections, key, stream, LEFT_OVER))
-                if records:
-                    bound = customer_key(parse_codat_datetime(records[-1].get("modifiedDate")), "")
+                if stamps:
+                    bound = customer_key(parse_codat_datetime(stamps[-1][0]), "")
                     seen = {k for k in seen if k[0] == bound[0]}
                     with self._lock:
                         stream.advance(bound, len(tasks))
@@ -371,13 +370,12 @@ class AttachmentSync:
         handed = 0  # customers handed out to list
         try:
             for page in self.client.list_customers(company_id, paginator):
-                records = page.get("results") or []
+                stamps = page.stamps()
                 if found is None:
-                    found = int(page.get("totalResults") or len(records))
+                    found = page.total or len(stamps)
                 fresh: list[Key] = []
-                for record in records:
-                    modified = parse_codat_datetime(record.get("modifiedDate"))
-                    key = customer_key(modified, str(record.get("id")))
+                for sent, customer_id in stamps:
+                    key = customer_key(parse_codat_datetime(sent), customer_id)
                     if cycle.after is not None and key <= cycle.after:
                         behind.add(key)
                     elif key not in seen:
@@ -388,8 +386,8 @@ class AttachmentSync:
                 if due is not None:
                     fresh = fresh[: max(due - handed, 0)]
                 tasks = [Task(company_id, key[1], connections, key, None, REFRESH) for key in fresh]
-                if records:
-                    bound_key = customer_key(parse_codat_datetime(records[-1].get("modifiedDate")), "")
+                if stamps:
+                    bound_key = customer_key(parse_codat_datetime(stamps[-1][0]), "")
                     seen = {k for k in seen if k[0] == bound_key[0]}
                 with self._lock:
                     refresh.keys.extend(t.key for t in tasks if t.key is not None)

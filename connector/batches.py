@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import MAXYEAR, datetime
 from typing import Any
@@ -226,7 +226,7 @@ class PageBuilder:
         load_id: str,
         modified: pa.Array | None = None,
     ) -> CustomerPage:
-        """The tables of one page of Codat customer records.
+        """The tables of one page of Codat customer records, read as Python objects.
 
         Arrow reads the records in C++; Python only parses dates and serialises JSON columns.
         Fields the connector does not know go to the JSON column `unmapped_fields` (never
@@ -245,22 +245,73 @@ class PageBuilder:
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             parsed = pa.array([_conform(r, CUSTOMER_STRUCT) for r in records], type=CUSTOMER_STRUCT)
             shaped = False
-        count = len(records)
+        return self.tables(
+            parsed,
+            company_id,
+            extracted_at,
+            load_id,
+            modified_dates(records) if modified is None else modified,
+            supplemental=pa.array([_json_or_none(r.get("supplementalData")) for r in records], TEXT),
+            unmapped=pa.array(self._unmapped_fields(records, shaped), TEXT),
+            sent=lambda key: [r.get(key) for r in records],
+        )
+
+    def build_read(
+        self,
+        parsed: pa.StructArray,
+        supplemental: pa.Array,
+        company_id: str,
+        extracted_at: datetime,
+        load_id: str,
+        modified: pa.Array,
+    ) -> CustomerPage:
+        """The tables of one page Arrow read from its bytes (`connector.bodies`): no field unmapped.
+
+        Args:
+            parsed: The records, with every field `CUSTOMER_STRUCT` names.
+            supplemental: Their `supplementalData` as JSON text.
+            company_id: The company they belong to.
+            extracted_at: When the page was read.
+            load_id: The dlt load id stamped on every customer row.
+            modified: The records' `modifiedDate`s.
+        """
+        return self.tables(
+            parsed,
+            company_id,
+            extracted_at,
+            load_id,
+            modified,
+            supplemental=supplemental,
+            unmapped=pa.nulls(len(parsed), TEXT),
+            sent=lambda key: pc.struct_field(parsed, key).to_pylist(),
+        )
+
+    def tables(
+        self,
+        parsed: pa.StructArray,
+        company_id: str,
+        extracted_at: datetime,
+        load_id: str,
+        modified: pa.Array,
+        supplemental: pa.Array,
+        unmapped: pa.Array,
+        sent: Callable[[str], list[Any]],
+    ) -> CustomerPage:
+        """The four tables of a page read as `CUSTOMER_STRUCT`; `sent(key)` gives each record's value."""
+        count = len(parsed)
         prefix = secrets.token_urlsafe(9)
         root_ids = pa.array([f"{prefix}{i:x}" for i in range(count)], TEXT)
         columns: dict[str, Any] = {"company_id": pa.array([company_id] * count, TEXT)}
         for key, column in CUSTOMER_TEXT:
             columns[column] = pc.struct_field(parsed, key)
-        columns["modified_date"] = modified_dates(records) if modified is None else modified
+        columns["modified_date"] = modified
         columns["source_modified_date"] = parse_dates(pc.struct_field(parsed, "sourceModifiedDate"))
-        self._check_dates(records, company_id, "modifiedDate", columns["modified_date"])
-        self._check_dates(records, company_id, "sourceModifiedDate", columns["source_modified_date"])
+        self._check_dates(sent, company_id, "modifiedDate", modified)
+        self._check_dates(sent, company_id, "sourceModifiedDate", columns["source_modified_date"])
         columns["is_deleted"] = pc.fill_null(pc.struct_field(parsed, ["metadata", "isDeleted"]), False)
         columns["extracted_at"] = pa.array([extracted_at] * count, TIMESTAMP)
-        columns["supplemental_data"] = pa.array(
-            [_json_or_none(r.get("supplementalData")) for r in records], TEXT
-        )
-        columns[UNMAPPED] = pa.array(self._unmapped_fields(records, shaped), TEXT)
+        columns["supplemental_data"] = supplemental
+        columns[UNMAPPED] = unmapped
         columns["_dlt_load_id"] = pa.array([load_id] * count, TEXT)
         columns["_dlt_id"] = root_ids
         children = _children(parsed, root_ids, company_id)
@@ -271,20 +322,22 @@ class PageBuilder:
             children={name: table for name, table in children.items() if table.num_rows},
         )
 
-    def _check_dates(self, records: Sequence[Json], company_id: str, key: str, read: pa.Array) -> None:
+    def _check_dates(
+        self, sent: Callable[[str], list[Any]], company_id: str, key: str, read: pa.Array
+    ) -> None:
         """Warn, once per field in a run, of a date Codat sent that cannot be read (stored as NULL)."""
         if key in self._unreadable or read.null_count == 0:
             return
-        if read.null_count == sum(1 for r in records if is_no_date(r.get(key))):
+        values = sent(key)
+        if read.null_count == sum(1 for v in values if is_no_date(v)):
             return  # every NULL is Codat's own "no date"
-        for record, moment in zip(records, read.to_pylist(), strict=True):
-            value = record.get(key)
+        for value, customer_id, moment in zip(values, sent("id"), read.to_pylist(), strict=True):
             if moment is None and value is not None and not is_no_date(value):
                 self._unreadable.add(key)
                 logger.warning(
                     "Customer %r of company %s has a %s that is not a date (%r); stored as NULL. "
                     "Further unreadable %s values in this run are not reported",
-                    record.get("id"),
+                    customer_id,
                     company_id,
                     key,
                     value,
@@ -496,12 +549,13 @@ def _conform(value: Any, kind: pa.DataType) -> Any:
         return [_conform(v, kind.value_type) for v in value] if isinstance(value, list) else None
     if pa.types.is_boolean(kind):
         return value if isinstance(value, bool) else str(value).strip().lower() == "true"
-    return value if isinstance(value, str) else _json_text(value)
+    return value if isinstance(value, str) else json_text(value)
 
 
-def _json_text(value: Any) -> str:
+def json_text(value: Any) -> str:
+    """A JSON value as compact text, non-ASCII kept."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _json_or_none(value: Any) -> str | None:
-    return None if value is None else _json_text(value)
+    return None if value is None else json_text(value)

@@ -9,6 +9,7 @@ import threading
 from base64 import b64encode
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -21,6 +22,7 @@ from dlt.sources.helpers.rest_client.typing import HTTPMethod
 from requests import PreparedRequest, Response
 from requests.exceptions import ChunkedEncodingError, HTTPError
 
+from connector.bodies import CustomerBody, read_customer_body
 from connector.defaults import (
     DEFAULT_BASE_URL,
     DEFAULT_LIST_PAGE_SIZE,
@@ -243,7 +245,9 @@ class CodatClient:
         """Why this client sends no more requests (API unreachable, daily quota spent), if so."""
         return self.pacer.stop.reason
 
-    def _on_response(self, response: Response, *args: Any, **kwargs: Any) -> Response:
+    def _on_response(
+        self, response: Response, *args: Any, read: Callable[[bytes], Any] = json.loads, **kwargs: Any
+    ) -> Response:
         self.pacer.quota.observe(response)
         if response.status_code >= 400:
             error = CodatHTTPError(response)
@@ -252,7 +256,7 @@ class CodatClient:
             raise error
         if "json" in response.headers.get("Content-Type", ""):
             try:
-                response.codat_body = json.loads(response.content)  # type: ignore[attr-defined]
+                response.codat_body = read(response.content)  # type: ignore[attr-defined]
             except ValueError:
                 raise InvalidBody(
                     f"Codat sent an unreadable JSON body ({len(response.content)} bytes)",
@@ -279,9 +283,11 @@ class CodatClient:
         paginator: CodatPaginator,
         params: dict[str, Any] | None = None,
         gate: BodyGate | None = None,
-    ) -> Iterator[Json]:
-        """Every page body of a paged listing, as the paginator walks it (each read within `gate`)."""
-        hooks: Any = self._hooks if gate is None else {"response": [gate.enter, self._on_response]}
+        read: Callable[[bytes], Any] = json.loads,
+    ) -> Iterator[Any]:
+        """Every page body of a listing, as the paginator walks it (each read by `read`, within `gate`)."""
+        on_response = self._on_response if read is json.loads else partial(self._on_response, read=read)
+        hooks: Any = {"response": [on_response] if gate is None else [gate.enter, on_response]}
         with _api_errors(operation, company_id):
             # A data selector, or dlt parses every page again to guess one.
             pages = self.rest.paginate(
@@ -329,10 +335,10 @@ class CodatClient:
         paginator: CodatPaginator,
         params: dict[str, Any] | None = None,
         gate: BodyGate | None = None,
-    ) -> Iterator[Json]:
+    ) -> Iterator[CustomerBody]:
         """The customer pages of a company, as `paginator` asks for them (read within `gate`)."""
         path = f"/companies/{segment(company_id)}/data/customers"
-        return self.pages("list customers", company_id, path, paginator, params, gate)
+        return self.pages("list customers", company_id, path, paginator, params, gate, read_customer_body)
 
     def get_customer(self, company_id: str, customer_id: str) -> Json:
         """One customer."""

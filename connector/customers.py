@@ -11,7 +11,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connector.batches import CustomerPage, PageBuilder, modified_dates
+from connector.batches import CustomerPage, PageBuilder
+from connector.bodies import CustomerBody
 from connector.client import BodyGate, CodatClient
 from connector.defaults import PAGES_HELD_AT_ONCE
 from connector.errors import CodatApiError, PagingError
@@ -38,17 +39,17 @@ class BoundaryDeduper:
         self.boundary = set(boundary)
         self.read_any = False  # whether a page with records has been read
 
-    def fresh(self, records: list[Json], modified: pa.Array) -> tuple[list[Json], pa.Array]:
+    def fresh(self, page: CustomerBody, modified: pa.Array) -> tuple[CustomerBody, pa.Array]:
         """The records of a page (and their `modifiedDate`s, an Arrow timestamp array) not loaded before.
 
         Only records at the cursor are compared, and only the page's latest instant is hashed for
         the next boundary: the dates are compared in Arrow, not record by record in Python.
         """
-        self.read_any = self.read_any or bool(records)
+        self.read_any = self.read_any or len(page) > 0
         dropped: set[int] = set()
         if self.cursor is not None:
             for index in _indices_at(modified, self.cursor):
-                digest = record_hash(records[index])
+                digest = record_hash(page.record(index))
                 if digest in self.boundary:
                     dropped.add(index)
                 else:
@@ -56,11 +57,11 @@ class BoundaryDeduper:
         top = pc.max(modified).as_py() if len(modified) else None
         if top is not None and (self.cursor is None or top > self.cursor):
             self.cursor = top
-            self.boundary = {record_hash(records[i]) for i in _indices_at(modified, top)}
+            self.boundary = {record_hash(page.record(i)) for i in _indices_at(modified, top)}
         if not dropped:
-            return records, modified
-        keep = [i not in dropped for i in range(len(records))]
-        return [r for r, kept in zip(records, keep, strict=True) if kept], modified.filter(pa.array(keep))
+            return page, modified
+        keep = [i not in dropped for i in range(len(page))]
+        return page.select(keep), modified.filter(pa.array(keep))
 
 
 def _indices_at(modified: pa.Array, instant: datetime) -> list[int]:
@@ -137,17 +138,15 @@ class CustomerSync:
         try:
             for body in self.client.list_customers(company_id, paginator, gate=self.gate):
                 seen_at = self.clock.now()
-                results = body.get("results") or []
-                records, dates = deduper.fresh(results, modified_dates(results))
+                fresh, dates = deduper.fresh(body, body.modified())
                 page = None
-                if records:
-                    page = self.builder.build(records, company_id, seen_at, self.load_id, dates)
-                # The records as Python objects are freed now, not when the next answer replaces
-                # them (dlt's paginator holds the body until then); the permit goes once the page
-                # is handed on (a reader waits for room in its queue holding it).
-                results.clear()
-                body.clear()
-                records.clear()
+                if len(fresh):
+                    page = fresh.build(self.builder, company_id, seen_at, self.load_id, dates)
+                # The records are let go of now, not when the next answer replaces them (dlt's
+                # paginator holds the body until then); the permit goes once the page is handed
+                # on (a reader waits for room in its queue holding it).
+                body.release()
+                fresh.release()
                 if page is None:
                     self.gate.leave()
                     continue

@@ -10,6 +10,7 @@ from typing import Any
 from dlt.sources.helpers.rest_client.paginators import BasePaginator
 from requests import Request, Response
 
+from connector.bodies import CustomerBody, JsonBody
 from connector.defaults import DEFAULT_PAGE_SIZE
 from connector.errors import PagingError, RepeatedPageError
 from connector.records import Json, format_codat_datetime, parse_codat_datetime
@@ -30,11 +31,11 @@ class CodatPaginator(BasePaginator):
         Raises:
             PagingError: The page's data is not one JSON object (not Codat's REST client).
         """
-        if not data or not isinstance(data[0], dict):
+        if not data or not isinstance(data[0], dict | CustomerBody):
             raise PagingError("a page is not one JSON object: page Codat with connector.client's REST client")
         self.update_from_body(response, data[0])
 
-    def update_from_body(self, response: Response, body: Json) -> None:
+    def update_from_body(self, response: Response, body: Any) -> None:
         """Decide the next request from one page's body, or stop (`_has_next_page = False`)."""
         raise NotImplementedError
 
@@ -141,13 +142,13 @@ class ModifiedDateSeekPaginator(CodatPaginator):
         else:
             request.params.pop("query", None)
 
-    def update_from_body(self, response: Response, body: Json) -> None:
-        """Decide the next request from the page just read, or stop."""
-        results: list[dict[str, Any]] = body.get("results") or []
-        total = int(body.get("totalResults") or 0)
-        self._guard(results)
+    def update_from_body(self, response: Response, body: Any) -> None:
+        """Decide the next request from the page just read (a `CustomerBody` or its JSON), or stop."""
+        page = body if isinstance(body, CustomerBody) else JsonBody(body)
+        total = page.total
+        self._guard(page)
         if self.group is None:
-            self._after_seek(results, total)
+            self._after_seek(page, total)
             if self.group is not None:  # entered a group: was its instant already over?
                 self._group_over = self._entered_over = _server_time_after(response, self.group)
         else:
@@ -157,12 +158,12 @@ class ModifiedDateSeekPaginator(CodatPaginator):
             if self.group is not None and not self._group_over:
                 self._group_over = _server_time_after(response, self.group)
 
-    def _after_seek(self, results: list[dict[str, Any]], total: int) -> None:
-        if total <= len(results) or not results:
+    def _after_seek(self, page: CustomerBody, total: int) -> None:
+        if total <= len(page) or not len(page):
             self._has_next_page = False
             return
-        first = parse_codat_datetime(results[0].get("modifiedDate"))
-        last = parse_codat_datetime(results[-1].get("modifiedDate"))
+        first = parse_codat_datetime(page.modified_text(0))
+        last = parse_codat_datetime(page.modified_text(len(page) - 1))
         if last is None:
             raise PagingError("Codat sent customers without a readable modifiedDate; cannot page by it")
         if first == last:
@@ -199,10 +200,10 @@ class ModifiedDateSeekPaginator(CodatPaginator):
         if self.after_group <= 0 and self._entered_over and not self._group_changed:
             self._has_next_page = False
 
-    def _guard(self, results: list[dict[str, Any]]) -> None:
+    def _guard(self, body: CustomerBody) -> None:
         if self.group is not None:
             return  # a group pass re-reads pages on purpose (step-back, repeated passes)
-        page = (self.query() or "", tuple(str(r.get("id")) for r in results))
+        page = (self.query() or "", tuple(body.ids()))
         if page == self._last_page:
             raise RepeatedPageError(f"Codat returned the same customers twice for query {page[0]!r}")
         self._last_page = page

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import signal
 import time
@@ -23,6 +22,7 @@ from connector.disk import describe_full_disk, full_disk_path
 from connector.errors import RunStopped
 from connector.listings import added_attachments, live_attachments, record_changes, retire_unlisted
 from connector.lock import destination_lock, lock_path, pipeline_lock
+from connector.memory import arrow_memory_from_system, release_free_memory
 from connector.pacing import API_UNREACHABLE, DISK_FULL, INTERRUPTED, QUOTA_SPENT, StopSwitch
 from connector.packages import finish_archiving
 from connector.records import LISTINGS_TABLE
@@ -248,20 +248,6 @@ def detach_child_tables(pipeline: dlt.Pipeline) -> bool:
     return bool(nested)
 
 
-def release_free_memory() -> None:
-    """Give the memory the process freed back to the system, where the C library can (glibc).
-
-    Pages read on several threads leave freed memory scattered over each thread's heap, which
-    the process keeps; the load that follows would add DuckDB's share on top of it.
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        return
-    trim(0)
-
-
 @contextmanager
 def _timed(steps: dict[str, float], name: str) -> Iterator[None]:
     began = time.monotonic()
@@ -354,6 +340,7 @@ def run_sync(
     if settings is not None and source_options:
         raise TypeError("run_sync takes settings or source options, not both")
     settings = settings if settings is not None else resolve_settings(**source_options)
+    arrow_memory_from_system()
     with (
         pipeline_lock(pipeline.pipelines_dir, pipeline.pipeline_name),
         destination_lock(pipeline, settings.shard, settings.shards),

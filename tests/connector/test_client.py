@@ -114,7 +114,7 @@ def test_list_customers_with_seek_paginator_reads_every_customer(emulator, clien
 
     pages = list(client.list_customers(company.id, ModifiedDateSeekPaginator(page_size=20)))
 
-    seen = {r["id"]: r for page in pages for r in page["results"]}
+    seen = {r["id"]: r for page in pages for r in page.sent()}
     assert seen == company.customers
     requests = log_of(emulator, "list-customers")
     assert len(requests) == len(pages)
@@ -280,7 +280,7 @@ def test_transient_failures_are_retried(emulator, client, kind):
 
     got = list(client.list_customers(company.id, ModifiedDateSeekPaginator(page_size=5000)))
 
-    assert {r["id"] for r in got[0]["results"]} == set(company.customers)
+    assert {r["id"] for r in got[0].sent()} == set(company.customers)
     assert [e["fault"] for e in log_of(emulator)] == [kind, kind, None]
 
 

@@ -24,7 +24,7 @@ from tests.utils import DEFAULT_SIZING
 SIZING = DEFAULT_SIZING  # the module's account, served unchanged throughout (`tests/killtools.py`)
 
 # The default account (seed 7: 3 companies, 300 customers) at PAGE_SIZE makes one run call:
-# list_companies 1, PageBuilder.build 19 (one per customer page), list_customer_attachments 300,
+# list_companies 1, PageBuilder.tables 19 (one per customer page), list_customer_attachments 300,
 # download_customer_attachment, pipe_file and mv 121, _on_response 442 (every HTTP answer);
 # Pipeline.extract 1 (the source, then `sync_status` as a second source of the same package),
 # RunReport.rows 1 (the `sync_status` rows, made within that extract), _save_state 4,
@@ -37,10 +37,10 @@ PIPELINE_CLASS = "dlt.pipeline.pipeline:Pipeline"
 LOAD = "dlt.load.load:Load"
 POINTS = [
     KillPoint("companies-listing", f"{CLIENT}.list_companies", 1),
-    KillPoint("customer-page-1", "connector.batches:PageBuilder.build", 1),
-    KillPoint("customer-page-3-early", "connector.batches:PageBuilder.build", 3),
-    KillPoint("customer-page-10-middle", "connector.batches:PageBuilder.build", 10),
-    KillPoint("customer-page-19-last", "connector.batches:PageBuilder.build", 19),
+    KillPoint("customer-page-1", "connector.batches:PageBuilder.tables", 1),
+    KillPoint("customer-page-3-early", "connector.batches:PageBuilder.tables", 3),
+    KillPoint("customer-page-10-middle", "connector.batches:PageBuilder.tables", 10),
+    KillPoint("customer-page-19-last", "connector.batches:PageBuilder.tables", 19),
     KillPoint("attachment-listing-1", f"{CLIENT}.list_customer_attachments", 1),
     KillPoint("attachment-listing-150", f"{CLIENT}.list_customer_attachments", 150),
     KillPoint("attachment-listing-300-last", f"{CLIENT}.list_customer_attachments", 300),
