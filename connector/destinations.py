@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,48 @@ def duckdb_path(pipeline: dlt.Pipeline) -> Path | None:
     if not isinstance(database, str) or not database or database in NON_ATTACHABLE_LOCATIONS:
         return None  # a connection handed over in-process, not a file
     return Path(database)
+
+
+@contextmanager
+def one_duckdb_connection(pipeline: dlt.Pipeline) -> Iterator[None]:
+    """Within the block, the pipeline's steps share one connection to its DuckDB file (if it has one).
+
+    dlt opens the file for each load job and closes it when no job holds it, and DuckDB writes
+    what was loaded into the file (a checkpoint) at each close: most of a load's time for a
+    file of a few hundred MB. Held open, the file is opened once and written once, when the
+    block ends. The connection takes the settings dlt resolved for the file (memory limit, ...).
+
+    Raises:
+        DestinationLocked: Another process holds the file.
+        DestinationUnusable: The file cannot be opened.
+    """
+    path = duckdb_path(pipeline)
+    if path is None:
+        yield
+        return
+    resolved = pipeline.destination_client().config.credentials
+    try:
+        connection = duckdb.connect(str(path))
+    except duckdb.Error as exc:
+        problem = duckdb_problem(path, exc)
+        raise (DestinationLocked if "locked by" in problem else DestinationUnusable)(problem) from None
+    held = DuckDbCredentials(connection)
+    for name in ("global_config", "local_config", "pragmas", "extensions", "statements"):
+        setattr(held, name, getattr(resolved, name, None))
+    params = pipeline.destination.config_params
+    before = params.get("credentials")
+    params["credentials"] = held
+    try:
+        yield
+        # Written into the file now, so that a full disk is an error here: a checkpoint that
+        # fails at `close` is silent (what was loaded stays in the WAL, replayed at next open).
+        connection.execute("CHECKPOINT")
+    finally:
+        if before is None:
+            params.pop("credentials", None)
+        else:
+            params["credentials"] = before
+        connection.close()
 
 
 def is_postgres(pipeline: dlt.Pipeline) -> bool:

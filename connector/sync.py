@@ -17,7 +17,7 @@ from dlt.common.destination import TLoaderFileFormat
 from dlt.sources import DltSource
 
 from connector.batches import CHILD_TABLES
-from connector.destinations import check_destination, describe_destination, duckdb_path
+from connector.destinations import check_destination, describe_destination, duckdb_path, one_duckdb_connection
 from connector.disk import describe_full_disk, full_disk_path
 from connector.errors import RunStopped
 from connector.listings import added_attachments, live_attachments, record_changes, retire_unlisted
@@ -396,8 +396,9 @@ class RunSteps:
         """Finish what an interrupted run left, extract, load, then the repairs and views after it."""
         repair = self.recover(pipeline)
         counted, live = self.extract(pipeline, source, report, full_refresh)
-        self.load(pipeline)
-        self.after_load(pipeline, counted, live, repair)
+        with one_duckdb_connection(pipeline):
+            self.load(pipeline)
+            self.after_load(pipeline, counted, live, repair)
 
     def recover(self, pipeline: dlt.Pipeline) -> Path:
         """Load what an interrupted run left; returns the marker that asks for a repair after this load."""

@@ -445,6 +445,10 @@ class Step:
 STEPS = [
     Step("state-restore", "connector.sync:finish_interrupted", 1, loaded_before=True, fresh_pipelines=True),
     Step("counting", "connector.sync:count_customers", 1),
+    Step("load", "connector.sync:one_duckdb_connection", 1),  # before the run opens it to load
+]
+# From the load to the views the run holds the file open: another process is refused it there.
+HELD_STEPS = [
     Step("load", "dlt.pipeline.pipeline:Pipeline.load", 1),
     Step("pruning", "connector.sync:prune_child_rows", 1),
     Step("views", "connector.sync:create_views", 1),
@@ -488,3 +492,22 @@ def test_a_duckdb_file_taken_mid_run_exits_5_naming_the_holder_and_the_next_run_
             "AND table_type = 'VIEW' ORDER BY 1"
         ).fetchall()
     assert views == [("customer_attachments_with_customers",), ("customers_current",)]
+
+
+@pytest.mark.parametrize("step", HELD_STEPS, ids=[s.id for s in HELD_STEPS])
+def test_another_process_is_refused_the_duckdb_file_while_the_run_loads_and_the_run_is_exact(
+    emulator: Emulator, base_url: str, tmp_path: Path, started: list[subprocess.Popen[str]], step: Step
+) -> None:
+    database = tmp_path / "wh.duckdb"
+    env = environment(base_url, tmp_path / "dlt")
+    argv = command("codat", tmp_path / "pipelines", "--duckdb-file", str(database))
+    run = parked(tmp_path, env, started, step.target, step.call, argv=argv)
+    run.wait_parked()
+    taking = "import duckdb, sys; duckdb.connect(sys.argv[1])"
+    taken = subprocess.run([sys.executable, "-c", taking, str(database)], capture_output=True, text=True)
+    code, out, err = run.release()
+
+    assert taken.returncode == 1
+    assert re.search(rf"Conflicting lock is held in .+ \(PID {run.process.pid}\)", taken.stderr), taken.stderr
+    assert code == 0, err
+    assert_exact(database, emulator)

@@ -87,9 +87,8 @@ def assert_exact(emulator: Emulator, db: Path, folder: Path | None = None) -> No
 def test_a_full_duckdb_disk_stops_the_load_and_the_rerun_after_room_is_exact(
     emulator: Emulator, base_url: str, tmp_path: Path
 ) -> None:
-    # Small enough that the load fills it, not the steps after it (at 2 MB a load whose rows
-    # happened to compress well sometimes fit, and the disk filled while pruning).
-    with small_disk(tmp_path / "disk", "1m") as disk:
+    # Small enough that the load's write-ahead log fills it, not the steps after it.
+    with small_disk(tmp_path / "disk", "256k") as disk:
         db, pipelines = disk / "wh.duckdb", tmp_path / "pipelines"
 
         full = codat_sync(base_url, tmp_path, db, pipelines)
@@ -103,6 +102,31 @@ def test_a_full_duckdb_disk_stops_the_load_and_the_rerun_after_room_is_exact(
 
         assert again.returncode == 0, again.stderr[-3000:]
         assert again.stdout.startswith("interrupted run finished first: ")  # its packages, loaded first
+        assert_exact(emulator, db)
+
+
+def test_a_duckdb_disk_that_holds_the_load_but_not_its_checkpoint_exits_6_and_the_rerun_is_exact(
+    emulator: Emulator, base_url: str, tmp_path: Path
+) -> None:
+    # Room for the load in DuckDB's write-ahead log, not for writing it into the file.
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        db, pipelines = disk / "wh.duckdb", tmp_path / "pipelines"
+
+        full = codat_sync(base_url, tmp_path, db, pipelines)
+
+        assert_stopped_by_a_full_disk(full, db, "the DuckDB file")
+        customers = len(expected_customers(emulator))
+        assert full.stdout.startswith(f"companies: 3 (0 failed)\ncustomers: {customers} new, 0 updated, ")
+        assert Path(f"{db}.wal").stat().st_size > 0  # loaded, in the log DuckDB replays when it opens
+        assert_exact(emulator, db)
+        make_room(disk)
+
+        again = codat_sync(base_url, tmp_path, db, pipelines)
+
+        assert again.returncode == 0, again.stderr[-3000:]
+        unchanged = "companies: 3 (0 failed, 3 unchanged)\ncustomers: 0 new, 0 updated, 0 deleted\n"
+        assert again.stdout.startswith(unchanged)
+        assert not Path(f"{db}.wal").exists()
         assert_exact(emulator, db)
 
 

@@ -101,7 +101,7 @@ def busy(emulator: Emulator, base_url: str, tmp_path: Path, monkeypatch, capsys)
 
 
 def disk_full(emulator: Emulator, base_url: str, tmp_path: Path, monkeypatch, capsys) -> Ended:
-    with small_disk(tmp_path / "disk", "2m") as disk:
+    with small_disk(tmp_path / "disk", "1m") as disk:
         dirs = RunDirs(tmp_path)
         args = [sys.executable, "-m", "connector.cli", *dirs.args()]
         args[args.index("--duckdb-file") + 1] = str(disk / "wh.duckdb")
