@@ -22,7 +22,7 @@ from connector.disk import describe_full_disk, full_disk_path
 from connector.errors import RunStopped
 from connector.listings import added_attachments, live_attachments, record_changes, retire_unlisted
 from connector.lock import destination_lock, lock_path, pipeline_lock
-from connector.memory import arrow_memory_from_system, release_free_memory
+from connector.memory import keep_memory_flat, release_free_memory
 from connector.pacing import API_UNREACHABLE, DISK_FULL, INTERRUPTED, QUOTA_SPENT, StopSwitch
 from connector.packages import finish_archiving
 from connector.records import LISTINGS_TABLE
@@ -340,7 +340,7 @@ def run_sync(
     if settings is not None and source_options:
         raise TypeError("run_sync takes settings or source options, not both")
     settings = settings if settings is not None else resolve_settings(**source_options)
-    arrow_memory_from_system()
+    keep_memory_flat()
     with (
         pipeline_lock(pipeline.pipelines_dir, pipeline.pipeline_name),
         destination_lock(pipeline, settings.shard, settings.shards),
