@@ -18,7 +18,6 @@ import io
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from functools import cached_property
 from typing import Any
 
 import msgspec
@@ -160,24 +159,10 @@ class JsonBody(CustomerBody):
 class ArrowBody(CustomerBody):
     """A page Arrow read into columns: its records a `RECORD_STRUCT` array (and `supplementalData`)."""
 
-    def __init__(
-        self, records: pa.StructArray, total: int, content: bytes | None, raws: list[Any] | None = None
-    ) -> None:
+    def __init__(self, records: pa.StructArray, total: int, raws: list[msgspec.Raw]) -> None:
         self.records = records
         self.total = total
-        self._content = content
-        if raws is not None:
-            self.__dict__["raws"] = raws
-
-    @cached_property
-    def raws(self) -> list[Any]:
-        """Each record's JSON text as sent (msgspec `Raw`), read from the page's bytes when first needed."""
-        assert self._content is not None
-        raws = _RESULTS.decode(self._content).results or []
-        self._content = None
-        if len(raws) != len(self.records):
-            raise ValueError(f"msgspec read {len(raws)} records where Arrow read {len(self.records)}")
-        return raws
+        self.raws = raws  # each record's JSON text as sent
 
     def __len__(self) -> int:
         return len(self.records)
@@ -207,7 +192,7 @@ class ArrowBody(CustomerBody):
     @override
     def select(self, keep: Sequence[bool]) -> CustomerBody:
         raws = [raw for raw, kept in zip(self.raws, keep, strict=True) if kept]
-        return ArrowBody(self.records.filter(pa.array(keep, pa.bool_())), self.total, None, raws)
+        return ArrowBody(self.records.filter(pa.array(keep, pa.bool_())), self.total, raws)
 
     def supplemental(self) -> pa.Array:
         """Each record's `supplementalData` as its JSON text (NULL where it is null or absent)."""
@@ -232,8 +217,7 @@ class ArrowBody(CustomerBody):
 
     @override
     def release(self) -> None:
-        self.__dict__.pop("raws", None)
-        self._content = None
+        self.raws = []
 
 
 def read_customer_body(content: bytes) -> CustomerBody | Any:
@@ -273,8 +257,14 @@ def _arrow_body(content: bytes) -> ArrowBody | None:
     records = lists.flatten()
     if records.null_count or _null_items(records):
         return None  # a null record, address, contact or phone: the Python path keeps it as sent
+    try:
+        raws = _RESULTS.decode(content).results or []
+    except msgspec.MsgspecError:
+        return None  # JSON Arrow reads and msgspec does not (NaN, a byte-order mark): Python's reading
+    if len(raws) != len(records):
+        return None
     total = table.column("totalResults")[0].as_py()
-    return ArrowBody(records, int(total or 0), content)
+    return ArrowBody(records, int(total or 0), raws)
 
 
 def _null_items(records: pa.StructArray) -> bool:

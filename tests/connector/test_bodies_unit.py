@@ -133,6 +133,7 @@ def test_pages_of_codats_documented_types_are_read_by_arrow(content: bytes) -> N
         b'{"results": [{"id": "a", "id": "b"}], "totalResults": 1}',
         b'{"results": [{"id": "\\ud800"}], "totalResults": 1}',
         b'{"results": [{"id": "a"}], "totalResults": "1"}',
+        b'{"results": [{"id": "a", "supplementalData": {"content": {"x": NaN}}}], "totalResults": 1}',
     ],
     ids=[
         "unknown-field",
@@ -151,6 +152,7 @@ def test_pages_of_codats_documented_types_are_read_by_arrow(content: bytes) -> N
         "key-twice",
         "lone-surrogate",
         "total-as-text",
+        "not-a-number",
     ],
 )
 def test_pages_arrow_cannot_read_exactly_are_read_by_python(content: bytes) -> None:
@@ -162,6 +164,9 @@ def test_pages_arrow_cannot_read_exactly_are_read_by_python(content: bytes) -> N
 
 def test_a_body_that_is_not_one_object_is_left_to_the_paginator_to_refuse() -> None:
     assert read_customer_body(b"[1, 2]") == [1, 2]
+    with_mark = read_customer_body(b'\xef\xbb\xbf{"results": [{"id": "a"}], "totalResults": 1}')
+    assert isinstance(with_mark, JsonBody)  # a byte-order mark: Python's json reads past it
+    assert (with_mark.records, with_mark.total) == ([{"id": "a"}], 1)
     with pytest.raises(ValueError, match="Expecting"):
         read_customer_body(b'{"results": [{"id": "a"}')
     with pytest.raises(ValueError, match="Extra data"):
