@@ -251,7 +251,7 @@ class PageBuilder:
             extracted_at,
             load_id,
             modified_dates(records) if modified is None else modified,
-            supplemental=pa.array([_json_or_none(r.get("supplementalData")) for r in records], TEXT),
+            supplemental=pa.array([json_or_none(r.get("supplementalData")) for r in records], TEXT),
             unmapped=pa.array(self._unmapped_fields(records, shaped), TEXT),
             sent=lambda key: [r.get(key) for r in records],
         )
@@ -376,7 +376,7 @@ class PageBuilder:
                 UNMAPPED,
                 ", ".join(sorted(new)),
             )
-        return _json_or_none(extra) if extra else None
+        return json_or_none(extra) if extra else None
 
 
 def _all_keys_known(records: Sequence[Json]) -> bool:
@@ -549,13 +549,13 @@ def _conform(value: Any, kind: pa.DataType) -> Any:
         return [_conform(v, kind.value_type) for v in value] if isinstance(value, list) else None
     if pa.types.is_boolean(kind):
         return value if isinstance(value, bool) else str(value).strip().lower() == "true"
-    return value if isinstance(value, str) else json_text(value)
+    return value if isinstance(value, str) else _json_text(value)
 
 
-def json_text(value: Any) -> str:
-    """A JSON value as compact text, non-ASCII kept."""
+def _json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _json_or_none(value: Any) -> str | None:
-    return None if value is None else json_text(value)
+def json_or_none(value: Any) -> str | None:
+    """A JSON value as compact text (non-ASCII kept), None for null."""
+    return None if value is None else _json_text(value)

@@ -31,7 +31,7 @@ from connector.batches import (
     TEXT,
     CustomerPage,
     PageBuilder,
-    json_text,
+    json_or_none,
     modified_dates,
     parse_dates,
 )
@@ -204,8 +204,8 @@ class ArrowBody(CustomerBody):
         texts: list[str | None] = [None] * len(self.records)
         for index, there in enumerate(present):
             if there:
-                value = json.loads(bytes(_SUPPLEMENTAL.decode(self.raws[index]).supplementalData))
-                texts[index] = None if value is None else json_text(value)
+                raw = _SUPPLEMENTAL.decode(self.raws[index]).supplementalData
+                texts[index] = json_or_none(json.loads(bytes(raw)))
         return pa.array(texts, TEXT)
 
     @override

@@ -116,13 +116,19 @@ def check_destination(pipeline: dlt.Pipeline) -> None:
 
 def duckdb_path(pipeline: dlt.Pipeline) -> Path | None:
     """The DuckDB file the pipeline loads, as dlt resolves it; None for other destinations or no file."""
+    credentials = _duckdb_file_credentials(pipeline)
+    return None if credentials is None else Path(credentials.database)
+
+
+def _duckdb_file_credentials(pipeline: dlt.Pipeline) -> Any:
+    """The credentials dlt resolved for the pipeline's DuckDB file; None for other destinations or no file."""
     if pipeline.destination is None or pipeline.destination.destination_type != DUCKDB:
         return None
     credentials = pipeline.destination_client().config.credentials
     database = getattr(credentials, "database", None)
     if not isinstance(database, str) or not database or database in NON_ATTACHABLE_LOCATIONS:
         return None  # a connection handed over in-process, not a file
-    return Path(database)
+    return credentials
 
 
 @contextmanager
@@ -138,11 +144,11 @@ def one_duckdb_connection(pipeline: dlt.Pipeline) -> Iterator[None]:
         DestinationLocked: Another process holds the file.
         DestinationUnusable: The file cannot be opened.
     """
-    path = duckdb_path(pipeline)
-    if path is None:
+    resolved = _duckdb_file_credentials(pipeline)
+    if resolved is None:
         yield
         return
-    resolved = pipeline.destination_client().config.credentials
+    path = Path(resolved.database)
     try:
         connection = duckdb.connect(str(path))
     except duckdb.Error as exc:
