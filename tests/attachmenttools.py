@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +11,7 @@ from urllib.parse import unquote
 
 from connector import refresh
 from connector.emulator.emulator import Emulator
+from tests import children
 from tests.synctools import Warehouse, readable
 
 Listing = tuple[str, str, str]  # company, connection, customer
@@ -84,7 +84,7 @@ def refresh_clock(moment: datetime) -> Iterator[None]:
         refresh.now = real  # type: ignore[assignment]
 
 
-def kill_after_listings(child: subprocess.Popen[bytes], emulator: Emulator, count: int) -> None:
+def kill_after_listings(child: children.Popen, emulator: Emulator, count: int) -> None:
     """SIGKILL the child run once the emulator has answered `count` listings (within a minute)."""
     deadline = time.monotonic() + 60
     while len(listings(emulator)) < count and time.monotonic() < deadline:

@@ -32,6 +32,7 @@ from connector.emulator.data import attachment_bytes
 from connector.emulator.emulator import Emulator
 from connector.emulator.limits import MAX_CONCURRENT_PER_COMPANY
 from connector.emulator.store import Sizing
+from tests import children
 from tests.attachmenttools import attachment_rows
 from tests.synctools import expected_customers, normalise, readable
 from tests.utils import API_KEY, DEFAULT_SIZING, ROOT
@@ -118,7 +119,7 @@ def codat_sync(
     else:
         match = [kill.match] if kill.match is not None else []
         command = [sys.executable, str(KILLPOINT), kill.target, str(kill.call), *match, "--"]
-    return subprocess.run(
+    return children.run(
         [*command, *dirs.args()],
         env=run_env(dirs, base_url),
         cwd=dirs.root,
@@ -129,9 +130,9 @@ def codat_sync(
     )
 
 
-def start_run(dirs: RunDirs, base_url: str) -> subprocess.Popen[str]:
+def start_run(dirs: RunDirs, base_url: str) -> children.Popen:
     """A plain `codat-sync` run started in a child process, its output piped."""
-    return subprocess.Popen(
+    return children.Popen(
         [sys.executable, "-m", "connector.cli", *dirs.args()],
         env=run_env(dirs, base_url),
         cwd=dirs.root,

@@ -24,6 +24,7 @@ from dlt.destinations.exceptions import DatabaseException
 
 from connector.emulator.emulator import Emulator
 from connector.placement import ShardPlan
+from tests import children
 from tests.postgres import PostgresServer
 from tests.synctools import FAST_RETRIES, normalise, readable
 from tests.utils import API_KEY, ROOT
@@ -59,9 +60,9 @@ print(json.dumps({"exit_code": summary.exit_code(), "failed": summary.failed,
 """
 
 
-def run_child(args: list[str]) -> subprocess.Popen[str]:
+def run_child(args: list[str]) -> children.Popen:
     """`python ARGS` in the repository, its output piped: a worker, as the tests start one."""
-    return subprocess.Popen(
+    return children.Popen(
         [sys.executable, *args],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
@@ -71,7 +72,7 @@ def run_child(args: list[str]) -> subprocess.Popen[str]:
     )
 
 
-def child_outcome(process: subprocess.Popen[str], timeout: float) -> tuple[dict[str, Any], str]:
+def child_outcome(process: children.Popen, timeout: float) -> tuple[dict[str, Any], str]:
     """Wait for a child to end: the JSON object on its last line of output, and its stderr.
 
     Fails the test, with the child's output, if the last line is not a JSON object.
@@ -106,7 +107,7 @@ class Shard:
 
     shard: int
     name: str
-    process: subprocess.Popen[str]
+    process: children.Popen
     log: str = ""  # what the run wrote on stderr, once it ended
 
     def summary(self) -> dict[str, Any]:
@@ -158,9 +159,9 @@ class Database:
 
 
 @contextmanager
-def shard_processes() -> Iterator[list[subprocess.Popen[str]]]:
+def shard_processes() -> Iterator[list[children.Popen]]:
     """Child processes started inside; killed if still running on the way out (a failed test)."""
-    started: list[subprocess.Popen[str]] = []
+    started: list[children.Popen] = []
     try:
         yield started
     finally:
@@ -171,7 +172,7 @@ def shard_processes() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def start_shard(
-    plan: ShardPlan, shard: int, layout: str | None, base_url: str, started: list[subprocess.Popen[str]]
+    plan: ShardPlan, shard: int, layout: str | None, base_url: str, started: list[children.Popen]
 ) -> Shard:
     """Run a shard in a child process: `run_shard` (layout None) or `run_sync` with that staging layout."""
     name = plan.pipeline_name(shard)

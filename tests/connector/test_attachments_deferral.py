@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections import Counter
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 
 from connector.emulator.emulator import Emulator
 from connector.watermarks import MAX_SKIP, MAX_SPANS
+from tests import children
 from tests.attachmenttools import attachment_rows, every_listing, kill_after_listings, listings, loaded
 from tests.synctools import Warehouse, expected_customers, normalise, readable
 from tests.utils import API_KEY, ROOT
@@ -259,7 +259,7 @@ def test_a_run_killed_while_listing_a_watermark_loses_no_listing(
     emulator.clear_log()
     env = {**os.environ, "KEY": API_KEY, "PYTHONPATH": str(REPO)}
     args = [base_url, str(warehouse.db), str(warehouse.pipelines_dir), warehouse.name]
-    child = subprocess.Popen([sys.executable, "-c", CHILD, *args], env=env, cwd=tmp_path)
+    child = children.Popen([sys.executable, "-c", CHILD, *args], env=env, cwd=tmp_path)
     kill_after_listings(child, emulator, 20)
     assert spans(warehouse) == before  # the killed run committed nothing
     emulator.latency = 0.0

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ import pytest
 from connector.emulator.emulator import Emulator
 from connector.refresh import STATE_KEY as REFRESH_KEY
 from connector.sync import run_sync
+from tests import children
 from tests.attachmenttools import (
     attachment_rows,
     every_listing,
@@ -316,7 +316,7 @@ def test_a_run_killed_during_a_refresh_then_a_rerun_gives_what_a_clean_run_gives
     day = (START + timedelta(days=1)).isoformat()
     args = [base_url, str(killed.db), str(killed.pipelines_dir), killed.name, day]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD.format(key=API_KEY), *args], env=env)
+    child = children.Popen([sys.executable, "-c", KILLED_CHILD.format(key=API_KEY), *args], env=env)
     kill_after_listings(child, emulator, 40)
     emulator.latency = 0.0
 

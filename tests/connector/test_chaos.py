@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from connector.emulator.emulator import Emulator
+from tests import children
 from tests.attachmenttools import attachment_rows
 from tests.killtools import RUN_TIMEOUT, RunDirs, account_of, codat_sync, files, run_env
 from tests.synctools import database_customers, database_rows, expected_customers, normalise, readable
@@ -55,7 +56,7 @@ def queue_faults(emulator: Emulator, rng: random.Random) -> list[str]:
 
 def killed_run(dirs: RunDirs, base_url: str, delay: float) -> int | None:
     """`codat-sync` SIGKILLed `delay` seconds after it started; its exit code if it ended first."""
-    run = subprocess.Popen(
+    run = children.Popen(
         [sys.executable, "-m", "connector.cli", *dirs.args()],
         env=run_env(dirs, base_url),
         cwd=dirs.root,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from connector.emulator.emulator import Emulator
+from tests import children
 from tests.synctools import Warehouse, expected_customers, normalise, requests_by
 from tests.utils import API_KEY, ROOT
 
@@ -43,10 +43,10 @@ else:
 """
 
 
-def start_child(warehouse: Warehouse, mode: str) -> subprocess.Popen[bytes]:
+def start_child(warehouse: Warehouse, mode: str) -> children.Popen:
     env = {**os.environ, "KEY": API_KEY, "PYTHONPATH": str(REPO)}
     args = [warehouse.base_url, str(warehouse.db), str(warehouse.pipelines_dir), warehouse.name, mode]
-    return subprocess.Popen([sys.executable, "-c", CHILD, *args], env=env, cwd=warehouse.tmp_path)
+    return children.Popen([sys.executable, "-c", CHILD, *args], env=env, cwd=warehouse.tmp_path)
 
 
 def assert_equals_clean_run(warehouse: Warehouse, emulator: Emulator) -> None:

@@ -26,6 +26,7 @@ from connector.emulator.emulator import Emulator
 from connector.errors import DestinationLocked
 from connector.lock import advisory_key, destination_lock, duckdb_lock_path
 from connector.placement import ShardPlan
+from tests import children
 from tests.postgres import PostgresServer
 from tests.shardtools import WAIT_SECONDS, Database, dataset_customers, source_options, wait_for
 from tests.synctools import (
@@ -91,7 +92,7 @@ POSTGRES_BUSY = re.compile(
 class Parked:
     """A run in a child process that waits at a call until `release`."""
 
-    process: subprocess.Popen[str]
+    process: children.Popen
     reached: Path
     go: Path
 
@@ -112,9 +113,9 @@ class Parked:
 
 
 @pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[str]]]:
+def started() -> Iterator[list[children.Popen]]:
     """Child processes started by the test; killed if still running on the way out."""
-    processes: list[subprocess.Popen[str]] = []
+    processes: list[children.Popen] = []
     try:
         yield processes
     finally:
@@ -145,7 +146,7 @@ def command(pipeline: str, pipelines_dir: Path, *destination: str) -> list[str]:
 def parked(
     tmp_path: Path,
     env: dict[str, str],
-    started: list[subprocess.Popen[str]],
+    started: list[children.Popen],
     target: str,
     call: int,
     **args: Any,
@@ -155,7 +156,7 @@ def parked(
     folder.mkdir()
     reached, go = folder / "reached", folder / "go"
     hook = {"target": target, "call": call, "reached": str(reached), "go": str(go), **args}
-    process = subprocess.Popen(
+    process = children.Popen(
         [sys.executable, "-c", HOOKED, json.dumps(hook)],
         env=env,
         cwd=tmp_path,
@@ -168,7 +169,7 @@ def parked(
 
 
 def codat_sync(tmp_path: Path, env: dict[str, str], argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return children.run(
         [sys.executable, "-m", "connector.cli", *argv],
         env=env,
         cwd=tmp_path,
@@ -257,7 +258,7 @@ def test_advisory_keys_are_the_same_in_every_process() -> None:
 
 
 def test_a_second_pipeline_on_the_same_duckdb_file_exits_5_at_once_and_sends_nothing(
-    emulator: Emulator, base_url: str, tmp_path: Path, started: list[subprocess.Popen[str]]
+    emulator: Emulator, base_url: str, tmp_path: Path, started: list[children.Popen]
 ) -> None:
     database = tmp_path / "wh.duckdb"
     warehouse = ["--duckdb-file", str(database)]
@@ -294,7 +295,7 @@ def test_a_second_pipeline_on_the_same_duckdb_file_exits_5_at_once_and_sends_not
 
 
 def test_the_destination_lock_leaves_readers_of_the_duckdb_file_alone(
-    emulator: Emulator, base_url: str, tmp_path: Path, started: list[subprocess.Popen[str]]
+    emulator: Emulator, base_url: str, tmp_path: Path, started: list[children.Popen]
 ) -> None:
     database = tmp_path / "wh.duckdb"
     env = environment(base_url, tmp_path / "dlt")
@@ -316,7 +317,7 @@ def test_a_second_pipeline_on_the_same_postgres_dataset_exits_5_at_once_and_send
     base_url: str,
     tmp_path: Path,
     postgres: PostgresServer,
-    started: list[subprocess.Popen[str]],
+    started: list[children.Popen],
 ) -> None:
     dataset = f"lock_{tmp_path.name[-12:].lower().replace('-', '_')}"
     warehouse = ["--destination", "postgres", "--dataset", dataset]
@@ -369,7 +370,7 @@ def test_shards_of_one_dataset_load_together_and_keep_a_whole_run_and_a_twin_out
     tmp_path: Path,
     postgres: PostgresServer,
     sharded: tuple[ShardPlan, Database, dict[int, set[str]]],
-    started: list[subprocess.Popen[str]],
+    started: list[children.Popen],
 ) -> None:
     plan, db, _ = sharded
     env = environment(base_url, tmp_path / "dlt")
@@ -457,7 +458,7 @@ HELD_STEPS = [
 
 @pytest.mark.parametrize("step", STEPS, ids=[s.id for s in STEPS])
 def test_a_duckdb_file_taken_mid_run_exits_5_naming_the_holder_and_the_next_run_is_exact(
-    emulator: Emulator, base_url: str, tmp_path: Path, started: list[subprocess.Popen[str]], step: Step
+    emulator: Emulator, base_url: str, tmp_path: Path, started: list[children.Popen], step: Step
 ) -> None:
     database = tmp_path / "wh.duckdb"
     env = environment(base_url, tmp_path / "dlt")
@@ -496,7 +497,7 @@ def test_a_duckdb_file_taken_mid_run_exits_5_naming_the_holder_and_the_next_run_
 
 @pytest.mark.parametrize("step", HELD_STEPS, ids=[s.id for s in HELD_STEPS])
 def test_another_process_is_refused_the_duckdb_file_while_the_run_loads_and_the_run_is_exact(
-    emulator: Emulator, base_url: str, tmp_path: Path, started: list[subprocess.Popen[str]], step: Step
+    emulator: Emulator, base_url: str, tmp_path: Path, started: list[children.Popen], step: Step
 ) -> None:
     database = tmp_path / "wh.duckdb"
     env = environment(base_url, tmp_path / "dlt")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from connector.disk import describe_full_disk, full_disk_path
 from connector.emulator.emulator import Emulator
+from tests import children
 from tests.attachmenttools import attachment_rows
 from tests.killtools import account_of, files
 from tests.synctools import database_customers, database_rows, expected_customers, normalise
@@ -46,7 +47,7 @@ def codat_sync(
         "--pipelines-dir",
         str(pipelines),
     ]
-    return subprocess.run(
+    return children.run(
         [*command, "--quiet", *flags],
         env=env,
         cwd=root,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import pytest
 
 from connector import cli
 from connector.emulator.emulator import Emulator
+from tests import children
 from tests.killtools import RunDirs, run_env, start_run, wait_for_requests
 from tests.synctools import hold_duckdb_file, readable
 from tests.utils import API_KEY, ROOT, small_disk
@@ -105,7 +105,7 @@ def disk_full(emulator: Emulator, base_url: str, tmp_path: Path, monkeypatch, ca
         dirs = RunDirs(tmp_path)
         args = [sys.executable, "-m", "connector.cli", *dirs.args()]
         args[args.index("--duckdb-file") + 1] = str(disk / "wh.duckdb")
-        run = subprocess.run(args, env=run_env(dirs, base_url), capture_output=True, text=True, timeout=300)
+        run = children.run(args, env=run_env(dirs, base_url), capture_output=True, text=True, timeout=300)
         return Ended(run.returncode, run.stdout, run.stderr)
 
 

@@ -23,6 +23,7 @@ from connector.emulator.launch import emulator_process
 from connector.emulator.store import Sizing
 from connector.lock import lock_path
 from connector.settings import RetryPolicy
+from tests import children
 from tests.synctools import (
     Warehouse,
     attachment_keys,
@@ -54,10 +55,10 @@ def environment(base_url: str, tmp_path: Path, **settings: str) -> dict[str, str
     }
 
 
-def start(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+def start(tmp_path: Path, env: dict[str, str], *args: str) -> children.Popen:
     """`codat-sync` in a child process, on the test's warehouse and pipelines folder."""
     command = [sys.executable, "-m", "connector.cli", "--quiet", *warehouse_args(tmp_path), *args]
-    return subprocess.Popen(
+    return children.Popen(
         command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
@@ -270,7 +271,7 @@ def test_missing_folders_of_the_duckdb_file_are_created(
     emulator: Emulator, base_url: str, tmp_path: Path
 ) -> None:
     database = tmp_path / "new" / "deeper" / "wh.duckdb"
-    run = subprocess.run(
+    run = children.run(
         [sys.executable, "-m", "connector.cli", "--quiet", "--duckdb-file", str(database),
          "--pipelines-dir", str(tmp_path / "pipelines")],
         env=environment(base_url, tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=180,
@@ -289,7 +290,7 @@ def test_a_relative_duckdb_file_is_resolved_against_the_current_folder(
     outputs = []
     for folder in (first, second):
         folder.mkdir()
-        run = subprocess.run(
+        run = children.run(
             [sys.executable, "-m", "connector.cli", "--quiet", "--duckdb-file", "wh.duckdb",
              "--pipelines-dir", str(tmp_path / "pipelines")],
             env=env, cwd=folder, capture_output=True, text=True, timeout=180,
@@ -311,7 +312,7 @@ def test_the_run_that_finishes_a_killed_runs_load_reports_what_it_held(
 ) -> None:
     env = environment(base_url, tmp_path, SOURCES__CODAT__BACKOFF_FACTOR="0.01")
     command = ["--quiet", *warehouse_args(tmp_path)]
-    first = subprocess.run([sys.executable, "-m", "connector.cli", *command], env=env, capture_output=True)
+    first = children.run([sys.executable, "-m", "connector.cli", *command], env=env, capture_output=True)
     assert first.returncode == 0, first.stderr
     company = readable(emulator)[0]
     changed = set(emulator.store.mutate(company.id, "modify", count=5))
@@ -321,12 +322,10 @@ def test_the_run_that_finishes_a_killed_runs_load_reports_what_it_held(
         "dlt.pipeline.pipeline:Pipeline.load",
         "1",
     ]
-    killed = subprocess.run(
-        [*killpoint, "--", *command], env=env, capture_output=True, text=True, timeout=180
-    )
+    killed = children.run([*killpoint, "--", *command], env=env, capture_output=True, text=True, timeout=180)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
 
-    rerun = subprocess.run(
+    rerun = children.run(
         [sys.executable, "-m", "connector.cli", *command],
         env=env,
         capture_output=True,

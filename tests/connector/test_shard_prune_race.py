@@ -25,7 +25,6 @@ although B reported success.
 
 from __future__ import annotations
 
-import subprocess
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from connector.emulator.emulator import Emulator
 from connector.placement import ShardPlan
 from connector.shards import shard_destination
 from connector.views import prune_child_rows
+from tests import children
 from tests.shardtools import Database, Shard, shard_processes, start_shard, wait_for
 from tests.synctools import readable
 
@@ -130,7 +130,7 @@ def change_customers(emulator: Emulator, companies: set[str]) -> set[tuple[str, 
     return {(company, cid) for cid in changed}
 
 
-def load_once(plan: ShardPlan, base_url: str, started: list[subprocess.Popen[str]]) -> None:
+def load_once(plan: ShardPlan, base_url: str, started: list[children.Popen]) -> None:
     for shard in (A, B):
         summary = start_shard(plan, shard, None, base_url, started).summary()
         assert summary["exit_code"] == 0, summary
@@ -157,7 +157,7 @@ def prune_while_b_waits(
     db: Database,
     expected: dict[str, int],
     prune: Callable[[Shard, int], None],
-    started: list[subprocess.Popen[str]],
+    started: list[children.Popen],
 ) -> Gap:
     """Run shard B until its child rows are in and its merge waits; `prune`; let B finish.
 
@@ -190,7 +190,7 @@ def loaded(summary: dict[str, Any]) -> dict[str, int]:
 
 
 def arrange(
-    emulator: Emulator, base_url: str, sharded: Any, started: list[subprocess.Popen[str]]
+    emulator: Emulator, base_url: str, sharded: Any, started: list[children.Popen]
 ) -> tuple[set[tuple[str, str]], dict[str, int]]:
     """Load both shards, change B's customers, plant A's leftovers: the changed keys and their rows."""
     plan, db, companies = sharded

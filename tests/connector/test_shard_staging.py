@@ -23,7 +23,6 @@ dataset (`ShardPlan.staging_layout`, what `run_shard` uses), the same interleavi
 
 from __future__ import annotations
 
-import subprocess
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from dlt.common.destination import Destination
 
 from connector.emulator.emulator import Emulator
 from connector.placement import ShardPlan
+from tests import children
 from tests.shardtools import (
     WAIT_SECONDS,
     Database,
@@ -77,7 +77,7 @@ class Overlap:
 
 
 def run_overlapping(
-    plan: ShardPlan, layout: str | None, base_url: str, db: Database, started: list[subprocess.Popen[str]]
+    plan: ShardPlan, layout: str | None, base_url: str, db: Database, started: list[children.Popen]
 ) -> Overlap:
     """Run shards A and B so that B stages its rows after A staged, before A merges (module docstring)."""
     first, first_pid = db.lock_session()
