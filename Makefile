@@ -22,8 +22,8 @@ install: $(STAMP) ## Create .venv and install the project (again only when pypro
 demo: $(STAMP) ## Start the emulator, sync it twice into codat_warehouse.duckdb, print what landed
 	$(BIN)/python pipelines/demo.py
 
-test: $(STAMP) ## Run the whole test suite against the emulator
-	$(BIN)/python -m pytest
+test: $(STAMP) ## Run the whole test suite against the emulator, on every core (at most 4 workers)
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist worksteal
 
 lint: $(STAMP) ## ruff (lint and format check) and mypy --strict
 	$(BIN)/ruff check .

@@ -32,6 +32,7 @@ from typing import Any
 # Imported once by the server; each child then imports only what a run adds.
 PRELOAD = [
     "connector.cli",
+    "connector.orchestration",  # and Dagster, for the shard workers (`tests/shardrun.py`)
     "connector.emulator.emulator",
     "dlt.destinations.impl.duckdb.duck",
     "dlt.destinations.impl.duckdb.factory",

@@ -28,6 +28,7 @@ from connector.orchestration import DATASET_ASSET, TABLE_RESOURCES, asset_names,
 from connector.placement import ShardPlan
 from connector.shards import combined_duckdb
 from connector.source import codat_source
+from tests import children
 from tests.postgres import PostgresServer
 from tests.shardtools import Database, child_outcome, postgres_plan, run_child, source_options
 from tests.synctools import attachment_keys, codat_instant, readable
@@ -73,12 +74,12 @@ def spec_file(tmp_path: Path, plan: ShardPlan, base_url: str, **source: Any) -> 
     return path
 
 
-def start(spec: Path, key: str, kill: tuple[str, int] | None = None) -> subprocess.Popen[str]:
+def start(spec: Path, key: str, kill: tuple[str, int] | None = None) -> children.Popen:
     """A worker process materializing one partition (`dataset` for the tables asset)."""
     return run_child(["-m", "tests.shardrun", str(spec), key, *map(str, kill or ())])
 
 
-def outcome(process: subprocess.Popen[str]) -> dict[str, Any]:
+def outcome(process: children.Popen) -> dict[str, Any]:
     """The worker's outcome line; fails the test with its output if there is none."""
     return child_outcome(process, RUN_TIMEOUT)[0]
 
@@ -292,13 +293,13 @@ def test_the_shard_files_answer_a_query_from_the_command_line(
     command = [sys.executable, "-m", "connector.shards"]
 
     def query(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        return children.run(
             [*command, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
         )
 
     counted = query("SELECT count(*) AS n, count(DISTINCT company_id) AS c FROM customers")
     wrong = query("SELECT no_such_column FROM customers")
-    elsewhere = subprocess.run(
+    elsewhere = children.run(
         [*command, "SELECT 1"],
         cwd=ROOT,
         env={**env, "SHARDS__DUCKDB_FOLDER": str(tmp_path / "empty")},
