@@ -34,20 +34,12 @@ from connector.errors import (
     InvalidOption,
     PipelineBusy,
 )
+from connector.exits import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DISK_FULL, EXIT_SIGNAL_BASE, api_exit_code
 from connector.lock import pipeline_lock
 from connector.pacing import DISK_FULL, INTERRUPTED, StopSwitch
 from connector.settings import coercion_problem, missing_problem, resolve_settings
 from connector.source import dlt_logger_filtered
-from connector.sync import (
-    EXIT_API_UNREACHABLE,
-    EXIT_BAD_INPUT,
-    EXIT_BUSY,
-    EXIT_DISK_FULL,
-    EXIT_QUOTA_SPENT,
-    EXIT_SIGNAL_BASE,
-    run_sync,
-    stop_exit_code,
-)
+from connector.sync import run_sync
 
 PROGRESS_PERIOD = 2.0  # seconds between progress reports
 INTERRUPTING = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what cron wrappers, systemd and Dagster send
@@ -175,7 +167,7 @@ def make_pipeline(args: argparse.Namespace) -> dlt.Pipeline:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one sync; the exit codes are `connector.sync`'s EXIT_* (the README's "Operations")."""
+    """Run one sync; the exit codes are `connector.exits`' EXIT_* (the README's "Operations")."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     stop = StopSwitch()
@@ -291,15 +283,6 @@ def describe(exc: BaseException) -> tuple[str, int]:
         if isinstance(error, InvalidOption):
             return str(error), EXIT_BAD_INPUT
     return str(exc), EXIT_BAD_INPUT
-
-
-def api_exit_code(error: CodatApiError) -> int:
-    """A whole run ended by an API error (listing companies): unreachable, quota or bad input."""
-    if error.stop_cause is not None:
-        return stop_exit_code(error.stop_cause)
-    if error.status is None or error.status >= 500:
-        return EXIT_API_UNREACHABLE
-    return EXIT_QUOTA_SPENT if error.status == 429 else EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ from dlt.common.schema import Schema
 from dlt.sources import DltSource
 
 from connector.errors import CodatError
+from connector.exits import EXIT_OK
 from connector.placement import ShardPlan
 from connector.shards import plan_from_config, prepare_dataset, run_shard
-from connector.sync import EXIT_OK, SyncSummary
+from connector.sync import SyncSummary
 
 POOL = "codat_api"
 GROUP = "codat"

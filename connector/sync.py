@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,10 +19,11 @@ from connector.batches import CHILD_TABLES
 from connector.destinations import check_destination, describe_destination, duckdb_path, one_duckdb_connection
 from connector.disk import describe_full_disk, full_disk_path
 from connector.errors import RunStopped
+from connector.exits import EXIT_COMPANY_FAILED, EXIT_OK, EXIT_QUOTA_SPENT, stop_exit_code
 from connector.listings import added_attachments, live_attachments, record_changes, retire_unlisted
 from connector.lock import destination_lock, lock_path, pipeline_lock
 from connector.memory import keep_memory_flat, release_free_memory
-from connector.pacing import API_UNREACHABLE, DISK_FULL, INTERRUPTED, QUOTA_SPENT, StopSwitch
+from connector.pacing import DISK_FULL, StopSwitch
 from connector.packages import finish_archiving
 from connector.records import LISTINGS_TABLE
 from connector.settings import CodatSettings, resolve_settings
@@ -36,25 +36,9 @@ logger = logging.getLogger(__name__)
 
 # Destinations whose CSV load (dlt's default for Arrow there) turns "" into NULL.
 COPY_NULLS_EMPTY = frozenset({"postgres"})
+
+
 # Exit codes of a run, one per way it can end (the README's "Operations" lists what to do).
-EXIT_OK = 0  # every company synced, or is not ready in Codat yet
-EXIT_COMPANY_FAILED = 1  # a company failed (or, with --strict, is not ready)
-EXIT_BAD_INPUT = 2  # bad options, configuration or destination: nothing was synced
-EXIT_API_UNREACHABLE = 3  # the API stopped answering; what is left waits for the next run
-EXIT_QUOTA_SPENT = 4  # Codat's daily quota is spent; the next run resumes
-EXIT_BUSY = 5  # another run holds the pipeline, or another process the DuckDB file
-EXIT_DISK_FULL = 6  # a write found no space; what was read is loaded by the next run
-EXIT_SIGNAL_BASE = 128  # interrupted by a signal: 130 for SIGINT, 143 for SIGTERM, as shells say
-
-
-def stop_exit_code(stopped: RunStopped) -> int:
-    """The exit code of a run stopped early, by why (`connector.pacing`): a signal's is 128 + its number."""
-    if stopped.kind == INTERRUPTED:
-        return EXIT_SIGNAL_BASE + (stopped.signum or signal.SIGINT)
-    codes = {API_UNREACHABLE: EXIT_API_UNREACHABLE, QUOTA_SPENT: EXIT_QUOTA_SPENT, DISK_FULL: EXIT_DISK_FULL}
-    return codes[stopped.kind]
-
-
 @dataclass
 class SyncSummary:
     """What a run did, for the command line's closing lines and exit code."""

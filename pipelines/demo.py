@@ -23,7 +23,7 @@ import duckdb
 from connector import cli
 from connector.defaults import DEFAULT_DUCKDB_FILE
 from connector.emulator.launch import EmulatorStartError, emulator_process
-from connector.sync import EXIT_OK
+from connector.exits import EXIT_OK
 
 SEED, COMPANIES, CUSTOMERS = 7, 3, 2000
 # Codat allows 1,000 requests a minute; the demo's emulator allows 1,000 every 6 s (and the sync
