@@ -1,0 +1,259 @@
+"""`codat-push`: customers edited in the warehouse (or a CSV or JSON Lines file) created and updated in Codat.
+
+Every row is read, mapped and checked against its connection's create/update model before the
+first push; a row the model refuses is reported and not sent, the others go on. Each row's
+outcome goes to the `push_results` table of the dataset, keyed by the row (its content, or the
+key column named), so a rerun skips the rows already `Success`; a create carries that key as its
+`Idempotency-Key`, so a retry or a rerun within Codat's window never creates a customer twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dlt
+
+from connector.client import CodatClient
+from connector.defaults import (
+    DEFAULT_DUCKDB_FILE,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_PUSH_TIMEOUT,
+    MAX_IN_FLIGHT_PER_COMPANY,
+)
+from connector.destinations import duckdb_destination
+from connector.errors import CodatApiError, CodatError, InvalidOption
+from connector.exits import EXIT_BAD_INPUT, EXIT_COMPANY_FAILED, EXIT_OK, api_exit_code, stop_exit_code
+from connector.push import PushResult, create_customer, update_customer
+from connector.pushes import CREATE, MODES, PlannedPush, planned, read_rows, to_push_row
+from connector.settings import resolve_settings
+from connector.warehouse import read_table
+
+RESULTS_TABLE = "push_results"
+SUCCESS = "Success"
+INVALID = "Invalid"
+RESULT_COLUMNS: dict[str, Any] = {
+    "row_key": {"data_type": "text", "nullable": False},
+    "validation_errors": {"data_type": "json"},
+    "requested_at": {"data_type": "timestamp"},
+    "settled_at": {"data_type": "timestamp"},
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; `--help` describes it."""
+    parser = argparse.ArgumentParser(
+        prog="codat-push", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    source = parser.add_argument_group("rows")
+    source.add_argument(
+        "--duckdb-file", type=Path, help="the warehouse: read by --query/--table, and where push_results goes"
+    )
+    source.add_argument("--query", help="SQL whose rows are pushed (on --duckdb-file)")
+    source.add_argument("--table", help="a table whose rows are pushed (on --duckdb-file)")
+    source.add_argument("--csv", type=Path, help="a CSV file of rows")
+    source.add_argument("--jsonl", type=Path, help="a JSON Lines file of rows")
+    parser.add_argument("--mode", choices=MODES, required=True, help="create, update (needs id), or upsert")
+    parser.add_argument(
+        "--key-column", help="a column that names each row across runs (else its content does)"
+    )
+    parser.add_argument(
+        "--force-update",
+        action="store_true",
+        help="overwrite changes made in the platform since Codat read them",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check and print what would be sent; send nothing"
+    )
+    parser.add_argument("--dataset", default="codat", help="the dataset of push_results (default: codat)")
+    parser.add_argument(
+        "--pipeline-name", default="codat_push", help="the dlt pipeline that loads push_results"
+    )
+    parser.add_argument("--pipelines-dir", help="dlt's working folder (default: dlt's)")
+    parser.add_argument(
+        "--concurrency", type=int, default=MAX_IN_FLIGHT_PER_COMPANY, help="pushes in flight at once"
+    )
+    parser.add_argument(
+        "--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL, help="seconds between looks at a push"
+    )
+    parser.add_argument(
+        "--push-timeout", type=float, default=DEFAULT_PUSH_TIMEOUT, help="seconds a push may stay Pending"
+    )
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Outcome:
+    """One row's fate in this run."""
+
+    plan: PlannedPush
+    status: str
+    result: PushResult | None = None
+    error: str | None = None
+    requested_at: datetime | None = None
+    settled_at: datetime | None = None
+
+    def row(self, mode: str) -> dict[str, Any]:
+        """Its `push_results` row."""
+        plan, result = self.plan, self.result
+        return {
+            "row_key": plan.row_key,
+            "row_number": plan.row.number,
+            "company_id": plan.row.company_id,
+            "connection_id": plan.connection_id,
+            "mode": mode,
+            "operation": plan.operation,
+            "customer_id": plan.row.customer_id,
+            "push_operation_key": result.push_operation_key if result else None,
+            "status": self.status,
+            "record_id": result.record_id if result else None,
+            "validation_errors": (result.validation_errors if result else plan.problems) or None,
+            "error_message": self.error or (result.error_message if result else None),
+            "requested_at": self.requested_at,
+            "settled_at": self.settled_at,
+        }
+
+
+def push_one(client: CodatClient, plan: PlannedPush, args: argparse.Namespace) -> Outcome:
+    """Send one planned row and wait for its push to settle."""
+    requested = datetime.now(UTC)
+    row = plan.row
+    polling = {"poll_interval": args.poll_interval, "timeout": args.push_timeout}
+    try:
+        if plan.operation == CREATE:
+            result = create_customer(
+                client, row.company_id, plan.connection_id, plan.body, idempotency_key=plan.row_key, **polling
+            )
+        else:
+            result = update_customer(
+                client,
+                row.company_id,
+                plan.connection_id,
+                str(row.customer_id),
+                plan.body,
+                force_update=args.force_update,
+                **polling,
+            )
+    except (CodatApiError, TimeoutError) as exc:
+        return Outcome(plan, "Error", error=str(exc), requested_at=requested, settled_at=datetime.now(UTC))
+    return Outcome(plan, result.status, result, requested_at=requested, settled_at=datetime.now(UTC))
+
+
+def make_pipeline(args: argparse.Namespace) -> dlt.Pipeline:
+    """The pipeline that loads `push_results` into the warehouse's dataset."""
+    options: dict[str, Any] = {"pipelines_dir": args.pipelines_dir} if args.pipelines_dir else {}
+    destination = duckdb_destination(args.duckdb_file or DEFAULT_DUCKDB_FILE)
+    pipeline: dlt.Pipeline = dlt.pipeline(
+        args.pipeline_name, destination=destination, dataset_name=args.dataset, **options
+    )
+    return pipeline
+
+
+def settled_keys(pipeline: dlt.Pipeline) -> set[str]:
+    """The rows an earlier run pushed with success."""
+    pipeline.sync_destination()
+    rows = read_table(
+        pipeline,
+        RESULTS_TABLE,
+        lambda table: f"SELECT row_key FROM {table} WHERE status = %s",
+        SUCCESS,
+        what="No earlier push results",
+    )
+    return {str(r[0]) for r in rows or []}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Plan every row, then push the valid ones not pushed before; load the outcomes; the exit code."""
+    if args.concurrency < 1:
+        raise InvalidOption(f"--concurrency must be at least 1; got {args.concurrency}")
+    raw = read_rows(
+        duckdb_file=args.duckdb_file,
+        query=args.query,
+        table=args.table,
+        csv_file=args.csv,
+        jsonl_file=args.jsonl,
+    )
+    rows = [to_push_row(number, values, args.key_column) for number, values in enumerate(raw, 1)]
+    settings = resolve_settings()
+    client = CodatClient(
+        settings.api_key,
+        settings.base_url,
+        retry=settings.retry(),
+        limits=settings.limits(),
+        breaker=settings.breaker(),
+    )
+    plans = list(planned(client, rows, args.mode))  # every row checked before the first push
+    pipeline = make_pipeline(args)
+    done = settled_keys(pipeline)
+    invalid = [p for p in plans if not p.valid]
+    skipped = [p for p in plans if p.valid and p.row_key in done]
+    to_send = [p for p in plans if p.valid and p.row_key not in done]
+    for plan in invalid:
+        print(f"row {plan.row.number}: not sent: {'; '.join(plan.problems)}")
+    if args.dry_run:
+        for plan in to_send:
+            print(
+                f"row {plan.row.number}: would {plan.operation} in company {plan.row.company_id}, "
+                f"connection {plan.connection_id}: {plan.body}"
+            )
+        print(
+            f"dry run: {len(to_send)} to send, {len(skipped)} pushed before, "
+            f"{len(invalid)} invalid; nothing sent"
+        )
+        return EXIT_COMPANY_FAILED if invalid else EXIT_OK
+    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        outcomes = list(pool.map(lambda plan: push_one(client, plan, args), to_send))
+    outcomes += [Outcome(plan, INVALID) for plan in invalid]
+    if outcomes:
+        pipeline.run(
+            [o.row(args.mode) for o in outcomes],
+            table_name=RESULTS_TABLE,
+            write_disposition="merge",
+            primary_key="row_key",
+            columns=RESULT_COLUMNS,
+        )
+    failed = [o for o in outcomes if o.status not in (SUCCESS, INVALID)]
+    for outcome in failed:
+        reason = (
+            outcome.error
+            or "; ".join(outcome.result.validation_errors if outcome.result else [])
+            or (outcome.result.error_message if outcome.result else "")
+        )
+        print(f"row {outcome.plan.row.number}: {outcome.status}: {reason}")
+    sent = len(outcomes) - len(invalid)
+    succeeded = sent - len(failed)
+    print(
+        f"pushed: {succeeded} succeeded, {len(failed)} failed, {len(invalid)} invalid, "
+        f"{len(skipped)} pushed before"
+    )
+    if client.stop_cause is not None:  # the API stopped answering, or the daily quota is spent
+        print(f"codat-push: stopped: {client.stop_cause}", file=sys.stderr)
+        return stop_exit_code(client.stop_cause)
+    return EXIT_COMPANY_FAILED if failed or invalid else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`codat-push`: 0 all sent, 1 some failed or invalid, 2 bad input, 3 and 4 as `codat-sync`."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except InvalidOption as exc:
+        print(f"codat-push: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except CodatApiError as exc:
+        print(f"codat-push: {exc}", file=sys.stderr)
+        return api_exit_code(exc)
+    except CodatError as exc:
+        print(f"codat-push: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""`codat-push` against the emulator: rows from a file or the warehouse become creates and updates, once."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from connector.push_cli import main
+from tests.synctools import Warehouse
+from tests.utils import API_KEY
+
+FAST = ["--poll-interval", "0.02", "--push-timeout", "20"]
+
+
+@pytest.fixture
+def push_env(emulator, base_url, monkeypatch):
+    emulator.ledger.delay = 0.05
+    monkeypatch.setenv("SOURCES__CODAT__API_KEY", API_KEY)
+    monkeypatch.setenv("SOURCES__CODAT__BASE_URL", base_url)
+    monkeypatch.setenv("SOURCES__CODAT__BACKOFF_FACTOR", "0.01")
+    return emulator
+
+
+def company_on(emulator, platform):
+    company = next(c for c in emulator.store.companies.values() if c.platform == platform)
+    assert len(company.accounting_connections) == 1, "the row names no connection: it needs one"
+    return company
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def push(tmp_path: Path, *args: str) -> int:
+    warehouse = ["--duckdb-file", str(tmp_path / "wh.duckdb"), "--pipelines-dir", str(tmp_path / "pipelines")]
+    return main([*warehouse, *FAST, *args])
+
+
+def pushes_sent(emulator) -> list[dict[str, Any]]:
+    return [r for r in emulator.request_log if r["method"] in ("POST", "PUT") and "/push/" in r["path"]]
+
+
+def results(tmp_path: Path) -> list[tuple[Any, ...]]:
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
+        return con.sql(
+            "SELECT row_number, operation, status, record_id IS NOT NULL, validation_errors "
+            "FROM codat.push_results ORDER BY row_number"
+        ).fetchall()
+
+
+def records(emulator, company_id: str) -> list[dict[str, Any]]:
+    return list(emulator.store.company(company_id).customers.values())
+
+
+def fits_xero(record: dict[str, Any]) -> bool:
+    """Whether Codat's record passes Xero's model as it is (an update resends what it does not change)."""
+    addresses = record.get("addresses") or []
+    typed = all(a.get("type") in ("Billing", "Delivery") for a in addresses)
+    return bool(record.get("customerName")) and record.get("status") in (None, "Active", "InActive") and typed
+
+
+def names_in_codat(emulator, company_id: str) -> list[str]:
+    return sorted(str(c.get("customerName")) for c in records(emulator, company_id))
+
+
+def test_csv_creates_valid_rows_reports_the_invalid_one_and_a_rerun_sends_nothing(push_env, tmp_path, capsys):
+    company = company_on(push_env, "Xero")
+    rows = [
+        {
+            "company_id": company.id,
+            "customer_name": "Acme Widgets",
+            "email_address": "a@acme.test",
+            "status": "Active",
+        },
+        {"company_id": company.id, "customer_name": "", "email_address": "nobody@x.test", "status": "Active"},
+        {"company_id": company.id, "customer_name": "Bolt & Co", "email_address": None, "status": "Active"},
+    ]
+    source = write_csv(tmp_path / "new.csv", rows)
+    before = names_in_codat(push_env, company.id)
+
+    first = push(tmp_path, "--csv", str(source), "--mode", "create")
+    out = capsys.readouterr().out
+    push_env.sync(company.id)
+    sent = len(pushes_sent(push_env))
+    second = push(tmp_path, "--csv", str(source), "--mode", "create")
+    again = capsys.readouterr().out
+    push_env.sync(company.id)
+
+    assert first == 1  # a row was invalid
+    assert "row 2: not sent: customerName: required by Xero" in out
+    assert "pushed: 2 succeeded, 0 failed, 1 invalid, 0 pushed before" in out
+    assert sent == 2
+    assert names_in_codat(push_env, company.id) == sorted([*before, "Acme Widgets", "Bolt & Co"])
+    assert results(tmp_path) == [
+        (1, "create", "Success", True, None),
+        (2, "create", "Invalid", False, '["customerName: required by Xero"]'),
+        (3, "create", "Success", True, None),
+    ]
+    assert second == 1
+    assert "2 pushed before" in again
+    assert len(pushes_sent(push_env)) == sent  # nothing sent twice
+    assert names_in_codat(push_env, company.id).count("Acme Widgets") == 1
+
+
+def test_an_update_from_the_warehouse_changes_only_the_columns_the_query_gives(push_env, base_url, tmp_path):
+    company = company_on(push_env, "Xero")
+    warehouse = Warehouse(tmp_path, base_url, name="codat_wh")
+    warehouse.sync(attachments=False)
+    live = [c for c in records(push_env, company.id) if fits_xero(c)]
+    live = [c for c in live if not (c.get("metadata") or {}).get("isDeleted")]
+    chosen = sorted(c["id"] for c in live)[:3]
+    before = {c["id"]: dict(c) for c in records(push_env, company.id) if c["id"] in chosen}
+    assert len(before) == 3
+    query = (
+        "SELECT company_id, id, customer_name || ' (edited)' AS customer_name FROM codat.customers "
+        f"WHERE company_id = '{company.id}' AND id IN ({', '.join(repr(i) for i in chosen)})"
+    )
+
+    code = main(
+        ["--duckdb-file", str(warehouse.db), "--pipelines-dir", str(tmp_path / "push"), *FAST]
+        + ["--query", query, "--mode", "update"]
+    )
+    push_env.sync(company.id)
+
+    assert code == 0
+    after = {c["id"]: c for c in records(push_env, company.id) if c["id"] in chosen}
+    for customer_id, old in before.items():
+        new = after[customer_id]
+        assert new["customerName"] == old["customerName"] + " (edited)"
+        unchanged = ("emailAddress", "phone", "addresses", "status")
+        assert {k: new.get(k) for k in unchanged} == {k: old.get(k) for k in unchanged}
+    assert [r["method"] for r in pushes_sent(push_env)] == ["PUT"] * 3
+
+
+def test_upsert_updates_rows_with_an_id_and_creates_the_others(push_env, tmp_path):
+    company = company_on(push_env, "Xero")
+    existing = sorted(c["id"] for c in records(push_env, company.id) if fits_xero(c))[0]
+    rows = [
+        {"companyId": company.id, "id": existing, "customerName": "Upserted Existing"},
+        {"companyId": company.id, "customerName": "Upserted New"},
+    ]
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    code = push(tmp_path, "--jsonl", str(source), "--mode", "upsert")
+    push_env.sync(company.id)
+
+    assert code == 0
+    assert sorted(r["method"] for r in pushes_sent(push_env)) == ["POST", "PUT"]
+    names = {c["id"]: c.get("customerName") for c in records(push_env, company.id)}
+    assert names[existing] == "Upserted Existing"
+    assert list(names.values()).count("Upserted New") == 1
+
+
+def test_dry_run_prints_what_would_be_sent_and_sends_nothing(push_env, tmp_path, capsys):
+    company = company_on(push_env, "Xero")
+    source = write_csv(tmp_path / "new.csv", [{"company_id": company.id, "customer_name": "Dry Run Ltd"}])
+
+    code = push(tmp_path, "--csv", str(source), "--mode", "create", "--dry-run")
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"row 1: would create in company {company.id}" in out
+    assert "'customerName': 'Dry Run Ltd'" in out
+    assert "dry run: 1 to send, 0 pushed before, 0 invalid; nothing sent" in out
+    assert pushes_sent(push_env) == []
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        pytest.param({"customer_name": "No Company"}, "row 1: no company_id", id="no-company"),
+        pytest.param(
+            {"company_id": "COMPANY", "customer_name": "X", "favourite_colour": "red"},
+            "row 1: column 'favourite_colour' is no Customer field Codat takes",
+            id="unknown-column",
+        ),
+        pytest.param(
+            {"company_id": "00000000-0000-0000-0000-000000000000", "customer_name": "X"},
+            "row 1: company 00000000-0000-0000-0000-000000000000 is unknown to Codat",
+            id="unknown-company",
+        ),
+        pytest.param(
+            {"company_id": "COMPANY", "connection_id": "nope", "customer_name": "X"},
+            "row 1: connection nope is no accounting connection of company COMPANY",
+            id="unknown-connection",
+        ),
+    ],
+)
+def test_bad_input_is_refused_before_any_push(push_env, tmp_path, capsys, row, message):
+    company = company_on(push_env, "Xero")
+    row = {k: (company.id if v == "COMPANY" else v) for k, v in row.items()}
+    source = write_csv(tmp_path / "bad.csv", [row])
+
+    code = push(tmp_path, "--csv", str(source), "--mode", "create")
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == "codat-push: " + message.replace("COMPANY", company.id)
+    assert pushes_sent(push_env) == []
+
+
+def test_a_missing_input_file_is_refused(push_env, tmp_path, capsys):
+    code = push(tmp_path, "--csv", str(tmp_path / "absent.csv"), "--mode", "create")
+
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"codat-push: --csv {tmp_path / 'absent.csv'}: no such file"
+
+
+def test_a_quota_spent_mid_push_exits_4_and_the_rerun_creates_each_customer_once(push_env, tmp_path, capsys):
+    company = company_on(push_env, "Xero")
+    rows = [{"company_id": company.id, "customer_name": f"Quota Customer {n}"} for n in range(1, 6)]
+    source = write_csv(tmp_path / "new.csv", rows)
+    before = names_in_codat(push_env, company.id)
+    push_env.limiter.daily_limit = len(push_env.request_log) + 6  # the plan's 2 reads, then a few pushes
+
+    stopped = push(tmp_path, "--csv", str(source), "--mode", "create", "--concurrency", "1")
+    err = capsys.readouterr().err
+    push_env.limiter.daily_limit = None
+    rerun = push(tmp_path, "--csv", str(source), "--mode", "create")
+    push_env.sync(company.id)
+
+    assert stopped == 4, err
+    assert "daily quota" in err.lower() or "quota" in err.lower()
+    assert rerun == 0
+    created = [n for n in names_in_codat(push_env, company.id) if n not in before]
+    assert sorted(created) == [f"Quota Customer {n}" for n in range(1, 6)]
+    assert [r[2] for r in results(tmp_path)] == ["Success"] * 5
