@@ -38,8 +38,17 @@ from connector.warehouse import read_table
 RESULTS_TABLE = "push_results"
 SUCCESS = "Success"
 INVALID = "Invalid"
+# Every column declared: a run whose pushes all failed still makes the whole table.
 RESULT_COLUMNS: dict[str, Any] = {
     "row_key": {"data_type": "text", "nullable": False},
+    "row_number": {"data_type": "bigint"},
+    **{
+        name: {"data_type": "text"}
+        for name in ("company_id", "connection_id", "mode", "operation", "customer_id")
+    },
+    **{
+        name: {"data_type": "text"} for name in ("push_operation_key", "status", "record_id", "error_message")
+    },
     "validation_errors": {"data_type": "json"},
     "requested_at": {"data_type": "timestamp"},
     "settled_at": {"data_type": "timestamp"},
@@ -76,6 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--pipeline-name", default="codat_push", help="the dlt pipeline that loads push_results"
     )
     parser.add_argument("--pipelines-dir", help="dlt's working folder (default: dlt's)")
+    parser.add_argument(
+        "--timeout-in-minutes", type=int, help="how long Codat may take over a push before it is TimedOut"
+    )
     parser.add_argument(
         "--concurrency", type=int, default=MAX_IN_FLIGHT_PER_COMPANY, help="pushes in flight at once"
     )
@@ -124,7 +136,8 @@ def push_one(client: CodatClient, plan: PlannedPush, args: argparse.Namespace) -
     """Send one planned row and wait for its push to settle."""
     requested = datetime.now(UTC)
     row = plan.row
-    polling = {"poll_interval": args.poll_interval, "timeout": args.push_timeout}
+    polling: dict[str, Any] = {"poll_interval": args.poll_interval, "timeout": args.push_timeout}
+    polling["timeout_in_minutes"] = args.timeout_in_minutes
     try:
         if plan.operation == CREATE:
             result = create_customer(

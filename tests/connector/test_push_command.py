@@ -139,6 +139,13 @@ def test_an_update_from_the_warehouse_changes_only_the_columns_the_query_gives(p
         unchanged = ("emailAddress", "phone", "addresses", "status")
         assert {k: new.get(k) for k in unchanged} == {k: old.get(k) for k in unchanged}
     assert [r["method"] for r in pushes_sent(push_env)] == ["PUT"] * 3
+    warehouse.sync(attachments=False)  # the round trip: Codat's next read brings the edits back
+    edited = warehouse.rows(
+        f"SELECT id, customer_name FROM codat.customers WHERE company_id = '{company.id}' ORDER BY id"
+    )
+    assert [(i, n) for i, n in edited if i in chosen] == [
+        (i, before[i]["customerName"] + " (edited)") for i in chosen
+    ]
 
 
 def test_upsert_updates_rows_with_an_id_and_creates_the_others(push_env, tmp_path):
@@ -235,3 +242,57 @@ def test_a_quota_spent_mid_push_exits_4_and_the_rerun_creates_each_customer_once
     created = [n for n in names_in_codat(push_env, company.id) if n not in before]
     assert sorted(created) == [f"Quota Customer {n}" for n in range(1, 6)]
     assert [r[2] for r in results(tmp_path)] == ["Success"] * 5
+
+
+def test_each_row_is_checked_against_its_own_platforms_model(push_env, tmp_path, capsys):
+    push_env.reset(7, 12, 200)  # twelve companies: Xero and FreeAgent among them
+    xero, freeagent = company_on(push_env, "Xero"), company_on(push_env, "FreeAgent")
+    rows = [
+        {"company_id": xero.id, "customer_name": "Same Row Ltd", "contact_name": None, "status": None},
+        {"company_id": freeagent.id, "customer_name": "Same Row Ltd", "contact_name": None, "status": None},
+        {
+            "company_id": freeagent.id,
+            "customer_name": "Full Row Ltd",
+            "contact_name": "Ann",
+            "status": "Active",
+        },
+    ]
+
+    code = push(tmp_path, "--csv", str(write_csv(tmp_path / "rows.csv", rows)), "--mode", "create")
+
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "row 2: not sent: contactName: required by FreeAgent; status: required by FreeAgent" in out
+    assert [(r[0], r[2]) for r in results(tmp_path)] == [(1, "Success"), (2, "Invalid"), (3, "Success")]
+
+
+def test_a_stale_update_is_reported_failed_and_force_update_sends_it(push_env, tmp_path, capsys):
+    company = company_on(push_env, "Xero")
+    customer_id = sorted(c["id"] for c in records(push_env, company.id) if fits_xero(c))[0]
+    push_env.store.edit_in_platform(company.id, [customer_id])
+    source = write_csv(
+        tmp_path / "edit.csv", [{"company_id": company.id, "id": customer_id, "customer_name": "Fixed"}]
+    )
+
+    refused = push(tmp_path, "--csv", str(source), "--mode", "update")
+    out = capsys.readouterr().out
+    forced = push(tmp_path, "--csv", str(source), "--mode", "update", "--force-update")
+    push_env.sync(company.id)
+
+    assert refused == 1
+    assert "row 1: Failed:" in out
+    assert "forceUpdate" in out
+    assert forced == 0
+    assert [r[2] for r in results(tmp_path)] == ["Success"]
+    assert push_env.store.company(company.id).customers[customer_id]["customerName"] == "Fixed"
+
+
+def test_a_push_codat_times_out_is_reported_as_such(push_env, tmp_path, capsys):
+    company = company_on(push_env, "Xero")
+    source = write_csv(tmp_path / "new.csv", [{"company_id": company.id, "customer_name": "Slow Ltd"}])
+
+    code = push(tmp_path, "--csv", str(source), "--mode", "create", "--timeout-in-minutes", "0")
+
+    assert code == 1
+    assert "row 1: TimedOut:" in capsys.readouterr().out
+    assert [r[2] for r in results(tmp_path)] == ["TimedOut"]
