@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +16,9 @@ import duckdb
 import pytest
 
 from connector.push_cli import main
+from tests import children
 from tests.synctools import Warehouse
-from tests.utils import API_KEY
+from tests.utils import API_KEY, ROOT
 
 FAST = ["--poll-interval", "0.02", "--push-timeout", "20"]
 
@@ -296,3 +302,40 @@ def test_a_push_codat_times_out_is_reported_as_such(push_env, tmp_path, capsys):
     assert code == 1
     assert "row 1: TimedOut:" in capsys.readouterr().out
     assert [r[2] for r in results(tmp_path)] == ["TimedOut"]
+
+
+def test_a_push_killed_midway_then_rerun_creates_each_customer_once(push_env, base_url, tmp_path):
+    company = company_on(push_env, "Xero")
+    rows = [{"company_id": company.id, "customer_name": f"Killed Run Customer {n}"} for n in range(1, 21)]
+    source = write_csv(tmp_path / "new.csv", rows)
+    before = names_in_codat(push_env, company.id)
+    push_env.latency = 0.05  # the run is still pushing when the kill lands
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "connector.push_cli", "--duckdb-file", str(tmp_path / "wh.duckdb")]
+    command += [
+        "--pipelines-dir",
+        str(tmp_path / "pipelines"),
+        *FAST,
+        "--csv",
+        str(source),
+        "--mode",
+        "create",
+    ]
+    child = children.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(pushes_sent(push_env)) < 5:
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline, "the run sent no pushes"
+        time.sleep(0.01)
+    child.kill()
+    assert child.wait(30) == -signal.SIGKILL
+    assert len(push_env.ledger.operations) >= 5  # creates Codat took: the rerun must not repeat them
+    push_env.latency = 0.0
+
+    rerun = push(tmp_path, "--csv", str(source), "--mode", "create")
+    push_env.sync(company.id)
+
+    assert rerun == 0
+    created = sorted(n for n in names_in_codat(push_env, company.id) if n not in before)
+    assert created == sorted(f"Killed Run Customer {n}" for n in range(1, 21))
+    assert [r[2] for r in results(tmp_path)] == ["Success"] * 20
