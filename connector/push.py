@@ -168,11 +168,22 @@ def wait_for_push(
     return operation
 
 
-def check_against_model(model: Json, customer: Json, platform: str = "the platform") -> list[str]:
-    """The required fields of a create/update model that a customer lacks, before spending a push.
+TYPES: dict[str, tuple[type, ...]] = {
+    "String": (str,),
+    "Number": (int, float),
+    "Boolean": (bool,),
+    "DateTime": (str,),
+    "Array": (list,),
+    "Object": (dict,),
+}
 
-    A field is missing when absent, null, blank, `[]` or `{}`; fields of objects and of each array
-    item are checked when their parent is present. Read-only fields are skipped.
+
+def check_against_model(model: Json, customer: Json, platform: str = "the platform") -> list[str]:
+    """What a create/update model refuses in a customer, before a push is spent on it.
+
+    A required field that is absent, null, blank, `[]` or `{}`; a value not among the field's
+    options; a value of another type. Fields of objects and of each array item are checked when
+    their parent is present. Read-only fields are skipped.
 
     Args:
         model: The `PushOption` from `CodatClient.get_create_update_model`.
@@ -180,25 +191,34 @@ def check_against_model(model: Json, customer: Json, platform: str = "the platfo
         platform: The connection's `platformName`, for the messages.
 
     Returns:
-        One message per missing field, such as `"customerName is required by Xero"`.
+        One message per problem, naming the field: `"customerName: required by Xero"`.
     """
     properties = {k: v for k, v in (model.get("properties") or {}).items() if k not in READ_ONLY_FIELDS}
-    return _missing(properties, customer, "", platform)
+    return _problems(properties, customer, "", platform)
 
 
-def _missing(properties: Json, value: Json, path: str, platform: str) -> list[str]:
+def _problems(properties: Json, value: Json, path: str, platform: str) -> list[str]:
     problems: list[str] = []
     for name, prop in properties.items():
         where, child = f"{path}.{name}" if path else name, value.get(name)
         if child is None or child in ([], {}) or (isinstance(child, str) and not child.strip()):
             if prop.get("required"):
-                problems.append(f"{where} is required by {platform}")
+                problems.append(f"{where}: required by {platform}")
             continue
+        wanted = TYPES.get(str(prop.get("type")))
+        if wanted is not None and (
+            not isinstance(child, wanted) or isinstance(child, bool) != (bool in wanted)
+        ):
+            problems.append(f"{where}: {prop.get('type')} expected by {platform}, got {type(child).__name__}")
+            continue
+        options = [o.get("value") for o in prop.get("options") or [] if isinstance(o, dict)]
+        if options and isinstance(child, str) and child not in options:
+            problems.append(f"{where}: {child!r} is not one of {platform}'s {', '.join(map(str, options))}")
         nested = prop.get("properties") or {}
         if isinstance(child, dict):
-            problems += _missing(nested, child, where, platform)
+            problems += _problems(nested, child, where, platform)
         elif isinstance(child, list):
             for index, item in enumerate(child):
                 if isinstance(item, dict):
-                    problems += _missing(nested, item, f"{where}[{index}]", platform)
+                    problems += _problems(nested, item, f"{where}[{index}]", platform)
     return problems

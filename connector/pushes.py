@@ -25,7 +25,7 @@ import duckdb
 from connector.batches import CUSTOMER_KEYS
 from connector.customers import accounting_connection_ids
 from connector.errors import CodatApiError, InvalidOption
-from connector.push import READ_ONLY_FIELDS
+from connector.push import READ_ONLY_FIELDS, check_against_model
 from connector.records import Json
 
 CREATE, UPDATE, UPSERT = "create", "update", "upsert"
@@ -38,14 +38,6 @@ WAREHOUSE_COLUMNS = frozenset(
 JSON_FIELDS = frozenset({"addresses", "contacts", "supplementalData"})
 SENDABLE = (CUSTOMER_KEYS - READ_ONLY_FIELDS - {"metadata"}) | {"supplementalData"}
 KEY_NAMESPACE = uuid.UUID("6f1c7e52-8a51-4f43-9d0e-0c0da7c0dc75")  # this connector's idempotency keys
-TYPES: dict[str, tuple[type, ...]] = {
-    "String": (str,),
-    "Number": (int, float),
-    "Boolean": (bool,),
-    "DateTime": (str,),
-    "Array": (list,),
-    "Object": (dict,),
-}
 
 
 def camel(name: str) -> str:
@@ -192,46 +184,6 @@ def _json_value(number: int, column: str, value: Any) -> Any:
     return value if column in ("supplemental_data", "supplementalData") else _camel_keys(value)
 
 
-def model_problems(model: Json, customer: Json, platform: str) -> list[str]:
-    """What a create/update model refuses in a customer, one message per problem, naming the field.
-
-    Missing required fields, values not among the field's options, and values of another type.
-    """
-    properties = {k: v for k, v in (model.get("properties") or {}).items() if k not in READ_ONLY_FIELDS}
-    return _problems(properties, customer, "", platform)
-
-
-def _problems(properties: Json, value: Json, path: str, platform: str) -> list[str]:
-    problems: list[str] = []
-    for name, prop in properties.items():
-        where, child = f"{path}.{name}" if path else name, value.get(name)
-        if child is None or child in ([], {}) or (isinstance(child, str) and not child.strip()):
-            if prop.get("required"):
-                problems.append(f"{where}: required by {platform}")
-            continue
-        wanted = TYPES.get(str(prop.get("type")))
-        if wanted is not None and (
-            not isinstance(child, wanted) or isinstance(child, bool) != (bool in wanted)
-        ):
-            problems.append(f"{where}: {prop.get('type')} expected by {platform}, got {type(child).__name__}")
-            continue
-        options = [o.get("value") for o in prop.get("options") or [] if isinstance(o, dict)]
-        if options and isinstance(child, str) and child not in options:
-            problems.append(f"{where}: {child!r} is not one of {platform}'s {', '.join(map(str, options))}")
-        nested = prop.get("properties") or {}
-        items = (
-            [child]
-            if isinstance(child, dict)
-            else [i for i in child if isinstance(i, dict)]
-            if isinstance(child, list)
-            else []
-        )
-        for index, item in enumerate(items):
-            at = where if isinstance(child, dict) else f"{where}[{index}]"
-            problems += _problems(nested, item, at, platform)
-    return problems
-
-
 @dataclass
 class PlannedPush:
     """What one row becomes: a create or an update, or the reasons it is not sent."""
@@ -333,7 +285,7 @@ class Planner:
                     )
                 raise
             body = {k: v for k, v in current.items() if k in SENDABLE} | body
-        problems = model_problems(self.model(row.company_id, connection_id), body, platform)
+        problems = check_against_model(self.model(row.company_id, connection_id), body, platform)
         return PlannedPush(row, operation, connection_id, body, key, problems)
 
 

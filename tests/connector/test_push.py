@@ -96,7 +96,7 @@ def test_check_against_model_agrees_with_the_platform(fast_pushes, client, platf
 
     if expected is None:  # blank customerName and the second contact's name
         expected = ["customerName", "contacts[1].name"]
-    assert problems == [f"{field} is required by {platform}" for field in expected]
+    assert problems == [f"{field}: required by {platform}" for field in expected]
     result = create_customer(client, company.id, connection_id, customer, **POLL)
     assert result.status == ("Failed" if expected else "Success")
     assert [e.split(":")[0] for e in result.validation_errors] == expected
@@ -114,7 +114,7 @@ def test_check_against_model_differs_between_platforms(fast_pushes, client):
 
     assert problems == {
         "Xero": [],
-        "FreeAgent": ["contactName is required by FreeAgent", "status is required by FreeAgent"],
+        "FreeAgent": ["contactName: required by FreeAgent", "status: required by FreeAgent"],
     }
     assert not [e for e in fast_pushes.request_log if e["operation"] == "create-customer"]
 
