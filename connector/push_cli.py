@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,7 @@ from connector.settings import resolve_settings
 from connector.warehouse import read_table
 
 RESULTS_TABLE = "push_results"
+PROGRESS_SECONDS = 2.0
 SUCCESS = "Success"
 INVALID = "Invalid"
 # Every column declared: a run whose pushes all failed still makes the whole table.
@@ -84,6 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--pipeline-name", default="codat_push", help="the dlt pipeline that loads push_results"
     )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--pipelines-dir", help="dlt's working folder (default: dlt's)")
     parser.add_argument(
         "--timeout-in-minutes", type=int, help="how long Codat may take over a push before it is TimedOut"
@@ -158,6 +161,26 @@ def push_one(client: CodatClient, plan: PlannedPush, args: argparse.Namespace) -
     return Outcome(plan, result.status, result, requested_at=requested, settled_at=datetime.now(UTC))
 
 
+def push_all(client: CodatClient, plans: list[PlannedPush], args: argparse.Namespace) -> list[Outcome]:
+    """Every plan pushed, `--concurrency` at a time, with a progress line on stderr every few seconds."""
+    outcomes: list[Outcome] = []
+    shown = time.monotonic()
+    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        futures = [pool.submit(push_one, client, plan, args) for plan in plans]
+        for future in as_completed(futures):
+            outcomes.append(future.result())
+            if args.quiet or (time.monotonic() - shown < PROGRESS_SECONDS and len(outcomes) < len(futures)):
+                continue
+            succeeded = sum(o.status == SUCCESS for o in outcomes)
+            print(
+                f"pushes: {len(outcomes)} of {len(futures)} settled, {succeeded} succeeded, "
+                f"{len(outcomes) - succeeded} failed",
+                file=sys.stderr,
+            )
+            shown = time.monotonic()
+    return sorted(outcomes, key=lambda outcome: outcome.plan.row.number)
+
+
 def make_pipeline(args: argparse.Namespace) -> dlt.Pipeline:
     """The pipeline that loads `push_results` into the warehouse's dataset."""
     options: dict[str, Any] = {"pipelines_dir": args.pipelines_dir} if args.pipelines_dir else {}
@@ -220,8 +243,7 @@ def run(args: argparse.Namespace) -> int:
             f"{len(invalid)} invalid; nothing sent"
         )
         return EXIT_COMPANY_FAILED if invalid else EXIT_OK
-    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-        outcomes = list(pool.map(lambda plan: push_one(client, plan, args), to_send))
+    outcomes = push_all(client, to_send, args)
     outcomes += [Outcome(plan, INVALID) for plan in invalid]
     if outcomes:
         pipeline.run(

@@ -94,7 +94,7 @@ def test_csv_creates_valid_rows_reports_the_invalid_one_and_a_rerun_sends_nothin
     before = names_in_codat(push_env, company.id)
 
     first = push(tmp_path, "--csv", str(source), "--mode", "create")
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     push_env.sync(company.id)
     sent = len(pushes_sent(push_env))
     second = push(tmp_path, "--csv", str(source), "--mode", "create")
@@ -104,6 +104,7 @@ def test_csv_creates_valid_rows_reports_the_invalid_one_and_a_rerun_sends_nothin
     assert first == 1  # a row was invalid
     assert "row 2: not sent: customerName: required by Xero" in out
     assert "pushed: 2 succeeded, 0 failed, 1 invalid, 0 pushed before" in out
+    assert err.splitlines()[-1] == "pushes: 2 of 2 settled, 2 succeeded, 0 failed"  # the progress line
     assert sent == 2
     assert names_in_codat(push_env, company.id) == sorted([*before, "Acme Widgets", "Bolt & Co"])
     assert results(tmp_path) == [
