@@ -112,7 +112,8 @@ def read_rows(
             names = [d[0] for d in cursor.description or []]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     except duckdb.Error as exc:
-        raise InvalidOption(f"the query on {duckdb_file} failed: {exc}") from None
+        first = (str(exc).splitlines() or [""])[0]  # DuckDB adds lines pointing into the query
+        raise InvalidOption(f"the query on {duckdb_file} failed: {first}") from None
 
 
 def _csv_rows(path: Path) -> list[dict[str, Any]]:

@@ -6,9 +6,10 @@ import re
 import shlex
 from pathlib import Path
 
+import duckdb
 import pytest
 
-from connector import cli
+from connector import cli, push_cli
 from connector.emulator.emulator import Emulator
 from tests.synctools import database_rows
 from tests.utils import API_KEY, ROOT
@@ -16,7 +17,16 @@ from tests.utils import API_KEY, ROOT
 README = ROOT / "README.md"
 ROW = re.compile(r"^\| `(?P<input>.+)` \| (?P<exit>\d) \| `(?P<message>.+)` \|$")
 # Rows whose input can only be judged from an answer of the API.
-ASKS_THE_API = ("ZZZnomatch", "wrong-key", "127.0.0.1:9")
+ASKS_THE_API = ("ZZZnomatch", "wrong-key", "127.0.0.1:9", "unknown_company.csv")
+COMMANDS = {"codat-sync": cli.main, "codat-push": push_cli.main}
+# The files the README's `codat-push` rows read (its text says what each holds).
+PUSH_FILES = {
+    "rows.csv": "company_id,customer_name\nc1,Acme\n",
+    "not_json.jsonl": "company_id=c1\n",
+    "no_company.csv": "customer_name\nAcme\n",
+    "extra_column.csv": "company_id,customer_name,favourite_colour\nc1,Acme,red\n",
+    "unknown_company.csv": "company_id,customer_name\nno-such-company,Acme\n",
+}
 
 
 def table() -> list[tuple[str, int, str]]:
@@ -56,13 +66,18 @@ def test_bad_input_exits_with_its_code_and_one_line_naming_it(
     monkeypatch.setenv("SOURCES__CODAT__BASE_URL", base_url)
     monkeypatch.setenv("SOURCES__CODAT__BACKOFF_FACTOR", "0.01")
     words = shlex.split(line)
-    command = words.index("codat-sync")
+    command = next(i for i, word in enumerate(words) if word in COMMANDS)
     for assignment in words[:command]:
         name, _, value = assignment.partition("=")
         monkeypatch.setenv(name, value)
+    if words[command] == "codat-push":
+        for name, text in PUSH_FILES.items():
+            (tmp_path / name).write_text(text)
+        duckdb.connect(str(tmp_path / "rows.duckdb")).close()
 
     try:
-        code = cli.main(["--quiet", "--pipelines-dir", str(tmp_path / "pipelines"), *words[command + 1 :]])
+        run = COMMANDS[words[command]]
+        code = run(["--quiet", "--pipelines-dir", str(tmp_path / "pipelines"), *words[command + 1 :]])
     except SystemExit as exc:  # argparse's own refusals
         code = int(exc.code or 0)
 
@@ -76,7 +91,7 @@ def test_bad_input_exits_with_its_code_and_one_line_naming_it(
         assert loaded_tables(tmp_path) == []
     else:
         assert not emulator.request_log  # refused before the first request
-        assert not list(tmp_path.glob("*.duckdb"))  # nor was the destination touched
+        assert not [p for p in tmp_path.glob("*.duckdb") if p.name != "rows.duckdb"]  # nor the destination
 
 
 def loaded_tables(folder: Path) -> list[tuple[str]]:
