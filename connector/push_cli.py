@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import dlt
+from dlt.common.configuration.exceptions import ConfigFieldMissingException
+from dlt.common.destination.exceptions import UnknownDestinationModule
 
+from connector.cli import make_pipeline as sync_pipeline
 from connector.client import CodatClient
 from connector.defaults import (
     DEFAULT_DUCKDB_FILE,
@@ -28,7 +31,6 @@ from connector.defaults import (
     DEFAULT_PUSH_TIMEOUT,
     MAX_IN_FLIGHT_PER_COMPANY,
 )
-from connector.destinations import duckdb_destination
 from connector.errors import CodatApiError, CodatError, InvalidOption
 from connector.exits import EXIT_BAD_INPUT, EXIT_COMPANY_FAILED, EXIT_OK, api_exit_code, stop_exit_code
 from connector.push import PushResult, create_customer, update_customer
@@ -81,6 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="check and print what would be sent; send nothing"
+    )
+    parser.add_argument(
+        "--destination",
+        default="duckdb",
+        help="dlt destination of push_results (default: duckdb, --duckdb-file)",
     )
     parser.add_argument("--dataset", default="codat", help="the dataset of push_results (default: codat)")
     parser.add_argument(
@@ -182,13 +189,18 @@ def push_all(client: CodatClient, plans: list[PlannedPush], args: argparse.Names
 
 
 def make_pipeline(args: argparse.Namespace) -> dlt.Pipeline:
-    """The pipeline that loads `push_results` into the warehouse's dataset."""
-    options: dict[str, Any] = {"pipelines_dir": args.pipelines_dir} if args.pipelines_dir else {}
-    destination = duckdb_destination(args.duckdb_file or DEFAULT_DUCKDB_FILE)
-    pipeline: dlt.Pipeline = dlt.pipeline(
-        args.pipeline_name, destination=destination, dataset_name=args.dataset, **options
+    """The pipeline that loads `push_results` into the dataset, as `codat-sync` makes its own."""
+    warehouse = args.duckdb_file or DEFAULT_DUCKDB_FILE
+    return sync_pipeline(
+        argparse.Namespace(
+            destination=args.destination,
+            duckdb_file=str(warehouse),
+            dataset=args.dataset,
+            pipeline_name=args.pipeline_name,
+            pipelines_dir=args.pipelines_dir,
+            quiet=True,
+        )
     )
-    return pipeline
 
 
 def settled_keys(pipeline: dlt.Pipeline) -> set[str]:
@@ -216,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
         jsonl_file=args.jsonl,
     )
     rows = [to_push_row(number, values, args.key_column) for number, values in enumerate(raw, 1)]
+    pipeline = make_pipeline(args)  # an unknown destination is refused before the first request
     settings = resolve_settings()
     client = CodatClient(
         settings.api_key,
@@ -225,7 +238,6 @@ def run(args: argparse.Namespace) -> int:
         breaker=settings.breaker(),
     )
     plans = list(planned(client, rows, args.mode))  # every row checked before the first push
-    pipeline = make_pipeline(args)
     done = settled_keys(pipeline)
     invalid = [p for p in plans if not p.valid]
     skipped = [p for p in plans if p.valid and p.row_key in done]
@@ -285,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     except CodatApiError as exc:
         print(f"codat-push: {exc}", file=sys.stderr)
         return api_exit_code(exc)
+    except UnknownDestinationModule:
+        print(f"codat-push: --destination {args.destination!r} is not a dlt destination", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ConfigFieldMissingException as exc:  # the destination's credentials
+        print(f"codat-push: missing configuration: {', '.join(exc.fields)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except CodatError as exc:
         print(f"codat-push: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -340,3 +341,27 @@ def test_a_push_killed_midway_then_rerun_creates_each_customer_once(push_env, ba
     created = sorted(n for n in names_in_codat(push_env, company.id) if n not in before)
     assert created == sorted(f"Killed Run Customer {n}" for n in range(1, 21))
     assert [r[2] for r in results(tmp_path)] == ["Success"] * 20
+
+
+@pytest.mark.postgres
+def test_push_results_go_to_any_destination_and_a_rerun_there_sends_nothing(
+    push_env, tmp_path, monkeypatch, postgres, capsys
+):
+    company = company_on(push_env, "Xero")
+    source = write_csv(tmp_path / "new.csv", [{"company_id": company.id, "customer_name": "Postgres Ltd"}])
+    dataset = f"push_{uuid.uuid4().hex[:8]}"
+    monkeypatch.chdir(tmp_path)  # where a DuckDB file would go by default
+    monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS", postgres.url)
+    args = ["--pipelines-dir", str(tmp_path / "pipelines"), *FAST, "--csv", str(source), "--mode", "create"]
+    args += ["--destination", "postgres", "--dataset", dataset]
+
+    first = main(args)
+    second = main(args)
+
+    assert (first, second) == (0, 0)
+    assert "1 pushed before" in capsys.readouterr().out
+    assert len(pushes_sent(push_env)) == 1
+    with postgres.connect() as connection, connection.cursor() as cursor:
+        cursor.execute(f"SELECT row_number, operation, status FROM {dataset}.push_results")
+        assert cursor.fetchall() == [(1, "create", "Success")]
+    assert not (tmp_path / "codat_warehouse.duckdb").exists()
