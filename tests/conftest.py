@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 
 # Tests never read the repository's .dlt/ nor the user's ~/.dlt: dlt looks here instead.
 _DLT_HOME = tempfile.mkdtemp(prefix="codat-tests-dlt-")
+atexit.register(shutil.rmtree, _DLT_HOME, True)  # each session (each xdist worker) makes its own
 os.environ["DLT_PROJECT_DIR"] = _DLT_HOME
 os.environ["DLT_DATA_DIR"] = _DLT_HOME
 os.environ["RUNTIME__DLTHUB_TELEMETRY"] = "false"
