@@ -23,6 +23,7 @@ from typing import Any
 import duckdb
 
 from connector.batches import CUSTOMER_KEYS
+from connector.client import CodatClient
 from connector.customers import accounting_connection_ids
 from connector.errors import CodatApiError, InvalidOption
 from connector.push import READ_ONLY_FIELDS, check_against_model
@@ -36,7 +37,7 @@ WAREHOUSE_COLUMNS = frozenset(
     {"is_deleted", "extracted_at", "record_hash", "unmapped_fields", "metadata", "_dlt_load_id", "_dlt_id"}
 )
 JSON_FIELDS = frozenset({"addresses", "contacts", "supplementalData"})
-SENDABLE = (CUSTOMER_KEYS - READ_ONLY_FIELDS - {"metadata"}) | {"supplementalData"}
+SENDABLE = CUSTOMER_KEYS - READ_ONLY_FIELDS - {"metadata"}
 KEY_NAMESPACE = uuid.UUID("6f1c7e52-8a51-4f43-9d0e-0c0da7c0dc75")  # this connector's idempotency keys
 
 
@@ -217,7 +218,7 @@ class Planner:
     Each company's connections, each connection's model, and for an update the customer's record.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: CodatClient) -> None:
         self.client = client
         self._connections: dict[str, list[Json]] = {}
         self._models: dict[tuple[str, str], Json] = {}
@@ -290,7 +291,7 @@ class Planner:
         return PlannedPush(row, operation, connection_id, body, key, problems)
 
 
-def planned(client: Any, rows: list[PushRow], mode: str) -> Iterator[PlannedPush]:
+def planned(client: CodatClient, rows: list[PushRow], mode: str) -> Iterator[PlannedPush]:
     """Each row planned in `mode`, in order."""
     if mode not in MODES:
         raise InvalidOption(f"--mode {mode!r}: one of {', '.join(MODES)}")
