@@ -1,4 +1,10 @@
-"""dlt load packages a killed run left completed but not archived: finish archiving them.
+"""dlt load packages a killed run left between two of dlt's file steps: finish what dlt began.
+
+dlt normalizes a package in two steps: it moves the package it built to `load/normalized/`, then
+deletes the extracted package it built it from. A process killed between the two leaves both,
+and every later normalize builds the package again and fails on the move ("Directory not
+empty"). The move is atomic, so the normalized package is whole: `finish_normalizing` deletes the
+extracted copy, as dlt would have.
 
 dlt completes a package in three steps: it records the load in the destination (`_dlt_loads`),
 writes `package_completed.json` into `load/normalized/<load_id>`, then moves the folder to
@@ -22,6 +28,30 @@ from connector.warehouse import read_table
 logger = logging.getLogger(__name__)
 
 LOADED = "loaded"  # the marker's text for a package whose jobs all ran (else "aborted")
+
+
+def finish_normalizing(pipeline: dlt.Pipeline) -> list[str]:
+    """Delete the extracted copies of packages a kill left normalized; returns their load ids.
+
+    Also deletes what a normalize that failed on the move left in `load/new/` (a run before
+    this repair existed).
+    """
+    normalize = pipeline._get_normalize_storage()
+    if not normalize.is_storage_ready():
+        return []  # nothing was ever extracted here
+    storage = pipeline._get_load_storage()
+    finished = []
+    for load_id in normalize.extracted_packages.list_packages():
+        moved = (storage.get_normalized_package_path(load_id), storage.get_loaded_package_path(load_id))
+        if not any(storage.storage.has_folder(path) for path in moved):
+            continue
+        normalize.extracted_packages.delete_package(load_id)
+        storage.new_packages.delete_package(load_id, not_exists_ok=True)
+        logger.info(
+            "Deleted the extracted copy of load package %s, which a killed run had normalized", load_id
+        )
+        finished.append(load_id)
+    return finished
 
 
 def finish_archiving(pipeline: dlt.Pipeline) -> list[str]:

@@ -24,7 +24,7 @@ from connector.listings import added_attachments, live_attachments, record_chang
 from connector.lock import destination_lock, lock_path, pipeline_lock
 from connector.memory import keep_memory_flat, release_free_memory
 from connector.pacing import DISK_FULL, StopSwitch
-from connector.packages import finish_archiving
+from connector.packages import finish_archiving, finish_normalizing
 from connector.records import LISTINGS_TABLE
 from connector.settings import CodatSettings, resolve_settings
 from connector.source import LISTERS, codat_source
@@ -244,10 +244,12 @@ def _timed(steps: dict[str, float], name: str) -> Iterator[None]:
 def finish_interrupted(pipeline: dlt.Pipeline) -> list[str]:
     """Restore state from the destination if need be, and load what an interrupted run left.
 
-    dlt's `run` without data does both, once the packages a kill left completed but not
-    archived are archived (`connector.packages`). Returns summary lines on the finished
+    dlt's `run` without data does both, once what a kill left between two of dlt's file steps
+    is finished (`connector.packages`): an extracted package already normalized, a package
+    completed but not archived. Returns summary lines on the finished
     packages, from the `sync_status` rows they held when the interrupted run got that far.
     """
+    finish_normalizing(pipeline)
     archived = finish_archiving(pipeline)
     info = pipeline.run()
     ids = [*archived, *(info.loads_ids if info is not None else [])]

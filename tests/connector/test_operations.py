@@ -307,6 +307,53 @@ def test_a_relative_duckdb_file_is_resolved_against_the_current_folder(
 # -- a run killed, then finished by the next ------------------------------------------------
 
 
+def test_a_run_killed_between_normalizing_and_deleting_its_extract_is_finished_by_the_next(
+    emulator: Emulator, base_url: str, tmp_path: Path
+) -> None:
+    """dlt moves the normalized package, then deletes the extracted one: a kill between leaves both.
+
+    Found by `test_chaos.py`: every later run built the package again and failed on the move.
+    Only a run after a first one meets it (a first run's rerun starts its working folder afresh).
+    """
+    env = environment(base_url, tmp_path, SOURCES__CODAT__BACKOFF_FACTOR="0.01")
+    command = ["--quiet", *warehouse_args(tmp_path)]
+    first = children.run([sys.executable, "-m", "connector.cli", *command], env=env, capture_output=True)
+    assert first.returncode == 0, first.stderr
+    company = readable(emulator)[0]
+    emulator.store.mutate(company.id, "modify", count=5)
+    # The second call: normalize deletes `load/new/<id>` (a retry's leftover), moves the package
+    # it built to `load/normalized/`, then deletes `normalize/extracted/<id>`.
+    killpoint = [
+        sys.executable,
+        str(REPO / "tests" / "killpoint.py"),
+        "dlt.common.storages.load_package:PackageStorage.delete_package",
+        "2",
+    ]
+    killed = children.run([*killpoint, "--", *command], env=env, capture_output=True, text=True, timeout=180)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    working = tmp_path / "pipelines" / "codat"
+    extracted = {p.name for p in (working / "normalize" / "extracted").iterdir()}
+    normalized = {p.name for p in (working / "load" / "normalized").iterdir()}
+    assert len(extracted) == 1
+    assert extracted == normalized
+
+    for _ in range(2):  # the rerun finishes it; the one after finds nothing left
+        rerun = children.run(
+            [sys.executable, "-m", "connector.cli", *command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert rerun.returncode == 0, rerun.stderr
+        assert_exact(tmp_path, emulator)
+    lines = rerun.stdout.splitlines()
+    assert lines[0] == "companies: 3 (0 failed, 3 unchanged)"
+    assert [p.name for p in (working / "normalize" / "extracted").iterdir()] == []
+    assert [p.name for p in (working / "load" / "new").iterdir()] == []
+    assert [p.name for p in (working / "load" / "normalized").iterdir()] == []
+
+
 def test_the_run_that_finishes_a_killed_runs_load_reports_what_it_held(
     emulator: Emulator, base_url: str, tmp_path: Path
 ) -> None:
