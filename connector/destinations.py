@@ -102,49 +102,41 @@ def describe_destination(pipeline: dlt.Pipeline) -> str:
     return f"{place}, dataset {pipeline.dataset_name}"
 
 
-def check_destination(pipeline: dlt.Pipeline) -> None:
-    """Fail early and clearly when the pipeline's DuckDB file is held by another process.
-
-    Raises:
-        DestinationLocked: Another process holds the file.
-        DestinationUnusable: The file cannot be opened.
-    """
-    path = duckdb_path(pipeline)
-    if path is not None:
-        check_duckdb_file(path)
-
-
 def duckdb_path(pipeline: dlt.Pipeline) -> Path | None:
     """The DuckDB file the pipeline loads, as dlt resolves it; None for other destinations or no file."""
-    credentials = _duckdb_file_credentials(pipeline)
+    credentials = duckdb_file_credentials(pipeline)
     return None if credentials is None else Path(credentials.database)
 
 
-def _duckdb_file_credentials(pipeline: dlt.Pipeline) -> Any:
-    """The credentials dlt resolved for the pipeline's DuckDB file; None for other destinations or no file."""
+def duckdb_file_credentials(pipeline: dlt.Pipeline) -> DuckDbCredentials | None:
+    """The credentials dlt resolved for the pipeline's DuckDB file; None for other destinations or no file.
+
+    Resolving them resolves the destination's whole configuration: a run does it once.
+    """
     if pipeline.destination is None or pipeline.destination.destination_type != DUCKDB:
         return None
     credentials = pipeline.destination_client().config.credentials
     database = getattr(credentials, "database", None)
     if not isinstance(database, str) or not database or database in NON_ATTACHABLE_LOCATIONS:
         return None  # a connection handed over in-process, not a file
+    assert isinstance(credentials, DuckDbCredentials)
     return credentials
 
 
 @contextmanager
-def one_duckdb_connection(pipeline: dlt.Pipeline) -> Iterator[None]:
+def one_duckdb_connection(pipeline: dlt.Pipeline, resolved: DuckDbCredentials | None) -> Iterator[None]:
     """Within the block, the pipeline's steps share one connection to its DuckDB file (if it has one).
 
     dlt opens the file for each load job and closes it when no job holds it, and DuckDB writes
     what was loaded into the file (a checkpoint) at each close: most of a load's time for a
     file of a few hundred MB. Held open, the file is opened once and written once, when the
-    block ends. The connection takes the settings dlt resolved for the file (memory limit, ...).
+    block ends. The connection takes the settings dlt resolved for the file (memory limit, ...),
+    `resolved` (`duckdb_file_credentials`; None: the pipeline loads no DuckDB file, nothing to do).
 
     Raises:
         DestinationLocked: Another process holds the file.
         DestinationUnusable: The file cannot be opened.
     """
-    resolved = _duckdb_file_credentials(pipeline)
     if resolved is None:
         yield
         return

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from dlt import Pipeline
-from dlt.common.schema.utils import has_table_seen_data
-
 from connector.records import LISTINGS_TABLE
-from connector.warehouse import has_table, holds_sql, in_list
+from connector.warehouse import Tables, in_list
 
 ATTACHMENTS = "customer_attachments"
 
@@ -37,11 +34,8 @@ AND EXISTS (
 """
 
 
-def _ready(pipeline: Pipeline) -> bool:
-    if not holds_sql(pipeline) or not has_table(pipeline, ATTACHMENTS):
-        return False
-    tables = pipeline.default_schema.tables
-    return LISTINGS_TABLE in tables and has_table_seen_data(tables[LISTINGS_TABLE])
+def _ready(tables: Tables) -> bool:
+    return tables.holds_sql and tables.has(ATTACHMENTS) and tables.has_data(LISTINGS_TABLE)
 
 
 def _scope(column: str, company_ids: list[str] | None) -> tuple[str, list[str]]:
@@ -50,29 +44,27 @@ def _scope(column: str, company_ids: list[str] | None) -> tuple[str, list[str]]:
     return f"AND {in_list(column, company_ids)}", list(company_ids)
 
 
-def live_attachments(pipeline: Pipeline, company_ids: list[str] | None = None) -> Counter[str]:
+def live_attachments(tables: Tables, company_ids: list[str] | None = None) -> Counter[str]:
     """Attachment rows not retired, per company (only these companies, if given)."""
-    if not holds_sql(pipeline) or not has_table(pipeline, ATTACHMENTS) or company_ids == []:
+    if not tables.holds_sql or not tables.has_data(ATTACHMENTS) or company_ids == []:
         return Counter()
-    if not has_table_seen_data(pipeline.default_schema.tables[ATTACHMENTS]):
-        return Counter()
-    retired = "is_deleted IS NOT TRUE" if "is_deleted" in _columns(pipeline) else "TRUE"
+    retired = "is_deleted IS NOT TRUE" if "is_deleted" in tables.columns(ATTACHMENTS) else "TRUE"
     scope, args = _scope("company_id", company_ids)
-    with pipeline.sql_client() as sql:
-        table = sql.make_qualified_table_name(ATTACHMENTS)
-        rows = sql.execute_sql(
-            f"SELECT company_id, COUNT(*) FROM {table} WHERE {retired} {scope} GROUP BY company_id", *args
-        )
+    sql = tables.sql
+    table = sql.make_qualified_table_name(ATTACHMENTS)
+    rows = sql.execute_sql(
+        f"SELECT company_id, COUNT(*) FROM {table} WHERE {retired} {scope} GROUP BY company_id", *args
+    )
     return Counter({str(company): int(count) for company, count in rows or []})
 
 
 def retire_unlisted(
-    pipeline: Pipeline, hard_delete: bool = False, company_ids: list[str] | None = None
+    tables: Tables, hard_delete: bool = False, company_ids: list[str] | None = None
 ) -> Counter[str]:
     """Flag (or remove) the attachments a later listing of their customer did not return.
 
     Args:
-        pipeline: The pipeline whose destination holds the tables.
+        tables: The destination's tables, after the load.
         hard_delete: Remove the rows instead of flagging them `is_deleted = true`.
         company_ids: Only these companies' rows: a shard passes its own, as another shard may be
             loading its listings meanwhile.
@@ -80,58 +72,55 @@ def retire_unlisted(
     Returns:
         The rows retired, per company.
     """
-    if not _ready(pipeline) or company_ids == [] or not {"listed_at", "is_deleted"} <= _columns(pipeline):
+    if (
+        not _ready(tables)
+        or company_ids == []
+        or not {"listed_at", "is_deleted"} <= tables.columns(ATTACHMENTS)
+    ):
         return Counter()
-    with pipeline.sql_client() as sql:
-        attachments = sql.make_qualified_table_name(ATTACHMENTS)
-        scope, args = _scope(f"{attachments}.company_id", company_ids)
-        where = UNLISTED.format(
-            attachments=attachments, listings=sql.make_qualified_table_name(LISTINGS_TABLE), scope=scope
+    sql = tables.sql
+    attachments = sql.make_qualified_table_name(ATTACHMENTS)
+    scope, args = _scope(f"{attachments}.company_id", company_ids)
+    where = UNLISTED.format(
+        attachments=attachments, listings=sql.make_qualified_table_name(LISTINGS_TABLE), scope=scope
+    )
+    with sql.begin_transaction():
+        rows = sql.execute_sql(
+            f"SELECT company_id, COUNT(*) FROM {attachments} WHERE {where} GROUP BY company_id", *args
         )
-        with sql.begin_transaction():
-            rows = sql.execute_sql(
-                f"SELECT company_id, COUNT(*) FROM {attachments} WHERE {where} GROUP BY company_id", *args
+        found = Counter({str(company): int(count) for company, count in rows or []})
+        if found:
+            change = (
+                f"DELETE FROM {attachments}" if hard_delete else f"UPDATE {attachments} SET is_deleted = TRUE"
             )
-            found = Counter({str(company): int(count) for company, count in rows or []})
-            if found:
-                change = (
-                    f"DELETE FROM {attachments}"
-                    if hard_delete
-                    else f"UPDATE {attachments} SET is_deleted = TRUE"
-                )
-                sql.execute_sql(f"{change} WHERE {where}", *args)
+            sql.execute_sql(f"{change} WHERE {where}", *args)
     return found
 
 
-def record_changes(pipeline: Pipeline, load_id: str, added: Counter[str], removed: Counter[str]) -> None:
+def record_changes(tables: Tables, load_id: str, added: Counter[str], removed: Counter[str]) -> None:
     """Write each company's added and removed attachments into this run's `sync_status` rows."""
-    if not holds_sql(pipeline) or not has_table(pipeline, "sync_status"):
-        return
-    columns = set(pipeline.default_schema.get_table_columns("sync_status"))
-    if not {"attachments_added", "attachments_removed"} <= columns:
+    if not tables.holds_sql or not {"attachments_added", "attachments_removed"} <= tables.columns(
+        "sync_status"
+    ):
         return
     companies = sorted(set(added) | set(removed))
-    with pipeline.sql_client() as sql:
-        table = sql.make_qualified_table_name("sync_status")
-        with sql.begin_transaction():
+    sql = tables.sql
+    table = sql.make_qualified_table_name("sync_status")
+    with sql.begin_transaction():
+        sql.execute_sql(
+            f"UPDATE {table} SET attachments_added = 0, attachments_removed = 0 "
+            "WHERE load_id = %s AND attachment_listings > 0",
+            load_id,
+        )
+        for company_id in companies:
             sql.execute_sql(
-                f"UPDATE {table} SET attachments_added = 0, attachments_removed = 0 "
-                "WHERE load_id = %s AND attachment_listings > 0",
+                f"UPDATE {table} SET attachments_added = %s, attachments_removed = %s "
+                "WHERE load_id = %s AND company_id = %s",
+                added[company_id],
+                removed[company_id],
                 load_id,
+                company_id,
             )
-            for company_id in companies:
-                sql.execute_sql(
-                    f"UPDATE {table} SET attachments_added = %s, attachments_removed = %s "
-                    "WHERE load_id = %s AND company_id = %s",
-                    added[company_id],
-                    removed[company_id],
-                    load_id,
-                    company_id,
-                )
-
-
-def _columns(pipeline: Pipeline) -> set[str]:
-    return set(pipeline.default_schema.get_table_columns(ATTACHMENTS))
 
 
 def added_attachments(before: Counter[str], loaded: Counter[str]) -> Counter[str]:

@@ -107,7 +107,9 @@ def pipeline_lock(pipelines_dir: str, pipeline_name: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def destination_lock(pipeline: dlt.Pipeline, shard: int | None = None, shards: int = 1) -> Iterator[None]:
+def destination_lock(
+    pipeline: dlt.Pipeline, shard: int | None = None, shards: int = 1, database: Path | None = None
+) -> Iterator[None]:
     """Hold the pipeline's destination for the block against runs of other pipelines.
 
     Args:
@@ -116,12 +118,14 @@ def destination_lock(pipeline: dlt.Pipeline, shard: int | None = None, shards: i
         shard: The shard the run syncs, with `shards` > 1: it shares the dataset with the
             plan's other shards. None: the run syncs the whole dataset.
         shards: The plan's shard count (1: not sharded).
+        database: The pipeline's DuckDB file, where the caller has it (`duckdb_path`): resolving
+            it resolves the destination's configuration. None: looked up here.
 
     Raises:
         DestinationLocked: Another run holds the destination (or the shard).
         DestinationUnusable: PostgreSQL cannot be reached to take the lock.
     """
-    database = duckdb_path(pipeline)
+    database = database or duckdb_path(pipeline)
     if database is not None:
         path = duckdb_lock_path(database)
 

@@ -42,6 +42,7 @@ from connector.source import codat_source
 from connector.status import STATUS_COLUMNS, STATUS_KEY
 from connector.sync import SyncSummary, run_sync
 from connector.views import create_views
+from connector.warehouse import destination_tables
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,8 @@ def prepare_dataset(plan: ShardPlan) -> list[str]:
     check_plan(plan, pipeline)
     pipeline.extract([], table_name="sync_status", schema=dataset_schema())
     tables = sorted(pipeline.sync_schema())
-    create_views(pipeline)  # now, or the shards' first runs would race to create them
+    with destination_tables(pipeline) as created:
+        create_views(created)  # now, or the shards' first runs would race to create them
     pipeline.drop()
     return tables
 

@@ -13,10 +13,16 @@ from typing import Any
 
 import dlt
 from dlt.common.destination import TLoaderFileFormat
+from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.sources import DltSource
 
 from connector.batches import CHILD_TABLES
-from connector.destinations import check_destination, describe_destination, duckdb_path, one_duckdb_connection
+from connector.destinations import (
+    check_duckdb_file,
+    describe_destination,
+    duckdb_file_credentials,
+    one_duckdb_connection,
+)
 from connector.disk import describe_full_disk, full_disk_path
 from connector.errors import RunStopped
 from connector.exits import EXIT_COMPANY_FAILED, EXIT_OK, EXIT_QUOTA_SPENT, stop_exit_code
@@ -30,7 +36,7 @@ from connector.settings import CodatSettings, resolve_settings
 from connector.source import LISTERS, codat_source
 from connector.status import FAILED, NOT_READY, OK, STATUS_COLUMNS, STATUS_KEY, STATUSES, RunReport
 from connector.views import create_views, prune_child_rows
-from connector.warehouse import in_list, read_table
+from connector.warehouse import Tables, destination_tables, in_list, read_table
 
 logger = logging.getLogger(__name__)
 
@@ -160,19 +166,18 @@ class CustomerCounts:
     deleted: int = 0
 
 
-def count_customers(pipeline: dlt.Pipeline, company_ids: list[str] | None = None) -> CustomerCounts:
+def count_customers(tables: Tables, company_ids: list[str] | None = None) -> CustomerCounts:
     """Distinct customers in the destination (appending destinations keep every version).
 
     Args:
-        pipeline: The pipeline whose destination is counted.
+        tables: The destination's tables.
         company_ids: Count only these companies' customers (a shard's, while other shards load
             the same dataset); None: every customer.
     """
     if company_ids == []:
         return CustomerCounts()
     where = f"WHERE {in_list('company_id', company_ids)}" if company_ids else ""
-    rows = read_table(
-        pipeline,
+    rows = tables.read(
         "customers",
         lambda table: (
             "SELECT COUNT(*), COALESCE(SUM(d), 0) FROM (SELECT company_id, id, "
@@ -327,21 +332,24 @@ def run_sync(
         raise TypeError("run_sync takes settings or source options, not both")
     settings = settings if settings is not None else resolve_settings(**source_options)
     keep_memory_flat()
+    duckdb_credentials = duckdb_file_credentials(pipeline)
+    database = None if duckdb_credentials is None else Path(duckdb_credentials.database)
     with (
         pipeline_lock(pipeline.pipelines_dir, pipeline.pipeline_name),
-        destination_lock(pipeline, settings.shard, settings.shards),
+        destination_lock(pipeline, settings.shard, settings.shards, database),
     ):
-        check_destination(pipeline)
+        if database is not None:  # held by another process: said now, before a request is spent
+            check_duckdb_file(database)
         report = RunReport(stop=stop or StopSwitch())
         source = codat_source(settings=settings, report=report)
-        done = RunSteps(shards=settings.shards, hard_delete=settings.hard_delete)
+        done = RunSteps(shards=settings.shards, hard_delete=settings.hard_delete, duckdb=duckdb_credentials)
         try:
             done.run(pipeline, source, report, full_refresh)
         except Exception as exc:
             path = full_disk_path(exc)
             if path is None:
                 raise
-            report.stop.trip(DISK_FULL, describe_full_disk(path, run_places(pipeline, settings)))
+            report.stop.trip(DISK_FULL, describe_full_disk(path, run_places(pipeline, settings, database)))
         if done.status_rows is None:  # the extract did not get that far
             report.mark_cut_short()
             done.status_rows = report.rows(done.load_id)
@@ -354,6 +362,7 @@ class RunSteps:
 
     shards: int = 1
     hard_delete: bool = False
+    duckdb: DuckDbCredentials | None = None  # the DuckDB file's, if the destination is one
     interrupted: list[str] = field(default_factory=list)
     steps: dict[str, float] = field(default_factory=dict)  # seconds of extract, normalize, load
     load_id: str | None = None
@@ -382,7 +391,7 @@ class RunSteps:
         """Finish what an interrupted run left, extract, load, then the repairs and views after it."""
         repair = self.recover(pipeline)
         counted, live = self.extract(pipeline, source, report, full_refresh)
-        with one_duckdb_connection(pipeline):
+        with one_duckdb_connection(pipeline, self.duckdb):
             self.load(pipeline)
             self.after_load(pipeline, counted, live, repair)
 
@@ -416,8 +425,11 @@ class RunSteps:
             # Counted now that the run's companies are known (nothing is loaded yet): a shard
             # counts its own, as other shards may be loading the same tables meanwhile.
             counted = list(report.companies) if self.shards > 1 else None
-            self.counted_before = CustomerCounts() if full_refresh else count_customers(pipeline, counted)
-            live = Counter[str]() if full_refresh else live_attachments(pipeline, counted)
+            if full_refresh:
+                return counted, Counter()
+            with destination_tables(pipeline) as before:
+                self.counted_before = count_customers(before, counted)
+                live = live_attachments(before, counted)
         return counted, live
 
     def load(self, pipeline: dlt.Pipeline) -> None:
@@ -432,19 +444,20 @@ class RunSteps:
         self, pipeline: dlt.Pipeline, counted: list[str] | None, live: Counter[str], repair: Path
     ) -> None:
         """Count, prune replaced child rows, retire unlisted attachments, record them, make the views."""
-        self.counts = (self.counted_before, count_customers(pipeline, counted))
-        prune_child_rows(pipeline, repair=repair.exists(), company_ids=counted)
-        repair.unlink(missing_ok=True)
-        loaded = live_attachments(pipeline, counted)
-        self.attachments_removed = retire_unlisted(pipeline, self.hard_delete, counted)
-        self.attachments_added = added_attachments(live, loaded)
-        if self.load_id is not None:
-            record_changes(pipeline, self.load_id, self.attachments_added, self.attachments_removed)
-        for row in self.status_rows or []:
-            if row["attachment_listings"] or row["company_id"] in self.attachments_removed:
-                row["attachments_added"] = self.attachments_added[row["company_id"]]
-                row["attachments_removed"] = self.attachments_removed[row["company_id"]]
-        self.views = create_views(pipeline)
+        with destination_tables(pipeline) as loaded:
+            self.counts = (self.counted_before, count_customers(loaded, counted))
+            prune_child_rows(loaded, repair=repair.exists(), company_ids=counted)
+            repair.unlink(missing_ok=True)
+            listed = live_attachments(loaded, counted)
+            self.attachments_removed = retire_unlisted(loaded, self.hard_delete, counted)
+            self.attachments_added = added_attachments(live, listed)
+            if self.load_id is not None:
+                record_changes(loaded, self.load_id, self.attachments_added, self.attachments_removed)
+            for row in self.status_rows or []:
+                if row["attachment_listings"] or row["company_id"] in self.attachments_removed:
+                    row["attachments_added"] = self.attachments_added[row["company_id"]]
+                    row["attachments_removed"] = self.attachments_removed[row["company_id"]]
+            self.views = create_views(loaded)
 
 
 def _file_formats(pipeline: dlt.Pipeline, source: DltSource) -> TLoaderFileFormat | None:
@@ -465,10 +478,9 @@ def _file_formats(pipeline: dlt.Pipeline, source: DltSource) -> TLoaderFileForma
     return file_format
 
 
-def run_places(pipeline: dlt.Pipeline, settings: CodatSettings) -> dict[str, Path]:
+def run_places(pipeline: dlt.Pipeline, settings: CodatSettings, database: Path | None) -> dict[str, Path]:
     """Where a run writes, by what each place is: to name the one a full disk is in."""
     places = {"dlt's working folder": Path(pipeline.working_dir)}
-    database = duckdb_path(pipeline)
     if database is not None:
         places["the DuckDB file"] = database
     if settings.download_files:

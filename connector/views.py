@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlt import Pipeline
 from dlt.common.destination.exceptions import SqlClientNotAvailable
-from dlt.common.schema.utils import has_table_seen_data
 from dlt.destinations.sql_client import SqlClientBase
 
 from connector.batches import CHILD_TABLES, CUSTOMER_COLUMNS, child_columns
 from connector.records import ATTACHMENT_COLUMNS
-from connector.warehouse import has_table, holds_sql, in_list
+from connector.warehouse import Tables, in_list
 
 CURRENT_CUSTOMERS = """
 SELECT {customer_columns},
@@ -59,7 +57,7 @@ CONTACT_FIELDS = ("name", "email")
 ATTACHMENT_FIELDS = tuple(name for name in ATTACHMENT_COLUMNS if name != "is_deleted")
 
 
-def prune_child_rows(pipeline: Pipeline, repair: bool = False, company_ids: list[str] | None = None) -> None:
+def prune_child_rows(tables: Tables, repair: bool = False, company_ids: list[str] | None = None) -> None:
     """Delete the child rows of customer versions that were replaced or hard-deleted.
 
     The child tables are appended (dlt merges nested tables only when its own normaliser wrote
@@ -69,7 +67,7 @@ def prune_child_rows(pipeline: Pipeline, repair: bool = False, company_ids: list
     SQL destinations only: the filesystem destination keeps every version anyway.
 
     Args:
-        pipeline: The pipeline whose destination holds the tables.
+        tables: The destination's tables, after the load.
         repair: Also collapse rows loaded twice. A run killed after the destination committed a
             load job but before dlt marked it done has that job loaded again when the package is
             finished; the child tables, appended, then hold its rows twice (same `_dlt_id`).
@@ -77,24 +75,25 @@ def prune_child_rows(pipeline: Pipeline, repair: bool = False, company_ids: list
             company). A shard passes its own: another shard loading the same tables appends its
             child rows before it merges their customers, and until then they join to nothing.
     """
-    if not holds_sql(pipeline) or not has_table(pipeline, "customers") or company_ids == []:
+    if not tables.holds_sql or not tables.has("customers") or company_ids == []:
         return
-    schema = pipeline.default_schema
-    children = [t for t in CHILD_TABLES if t in schema.tables and has_table_seen_data(schema.tables[t])]
-    with pipeline.sql_client() as sql:
-        customers = sql.make_qualified_table_name("customers")
-        for table in children:
-            child = sql.make_qualified_table_name(table)
-            scope = ""
-            if company_ids is not None:
-                scope = f"(company_id IS NULL OR {in_list('company_id', company_ids)}) AND "
-            sql.execute_sql(
-                f"DELETE FROM {child} WHERE {scope}NOT EXISTS "
-                f"(SELECT 1 FROM {customers} c WHERE c._dlt_id = {child}._dlt_root_id)",
-                *(company_ids or []),
-            )
-            if repair:
-                _collapse_twice_loaded(sql, child, sql.make_qualified_table_name(f"_codat_repair_{table}"))
+    children = [t for t in CHILD_TABLES if tables.has_data(t)]
+    if not children:
+        return
+    sql = tables.sql
+    customers = sql.make_qualified_table_name("customers")
+    for table in children:
+        child = sql.make_qualified_table_name(table)
+        scope = ""
+        if company_ids is not None:
+            scope = f"(company_id IS NULL OR {in_list('company_id', company_ids)}) AND "
+        sql.execute_sql(
+            f"DELETE FROM {child} WHERE {scope}NOT EXISTS "
+            f"(SELECT 1 FROM {customers} c WHERE c._dlt_id = {child}._dlt_root_id)",
+            *(company_ids or []),
+        )
+        if repair:
+            _collapse_twice_loaded(sql, child, sql.make_qualified_table_name(f"_codat_repair_{table}"))
 
 
 def _collapse_twice_loaded(sql: SqlClientBase[Any], child: str, scratch: str) -> None:
@@ -113,54 +112,47 @@ def _collapse_twice_loaded(sql: SqlClientBase[Any], child: str, scratch: str) ->
         sql.execute_sql(f"DROP TABLE {scratch}")
 
 
-def create_views(pipeline: Pipeline) -> list[str]:
+def create_views(tables: Tables) -> list[str]:
     """(Re)create `customers_current` and `customer_attachments_with_customers`.
 
     Only on SQL destinations (DuckDB, Postgres, ...) and only once the tables exist; a
     column Codat never sent yet is selected as NULL. Returns the views created.
     """
-    if not has_table(pipeline, "customers"):
+    if not tables.has("customers") or not tables.holds_sql:
         return []
-    if not holds_sql(pipeline):
-        return []
-    schema = pipeline.default_schema
     try:
-        sql_client = pipeline.sql_client()
+        sql = tables.sql
     except SqlClientNotAvailable:  # a destination without SQL has no views
         return []
 
     def columns(alias: str, table: str, fields: tuple[str, ...], prefix: str = "") -> str:
-        present = set(schema.get_table_columns(table)) if table in schema.tables else set()
+        present = tables.columns(table)
         return ", ".join(
             f"{alias}.{f} AS {prefix}{f}" if f in present else f"NULL AS {prefix}{f}" for f in fields
         )
 
     created = []
-    with sql_client as sql:
-        q = sql.make_qualified_table_name
-        children = {"customers__addresses", "customers__contacts"}
-        if children <= set(schema.tables) and {"type"} <= set(
-            schema.get_table_columns("customers__addresses")
-        ):
-            body = CURRENT_CUSTOMERS.format(
-                customer_columns=columns("c", "customers", CUSTOMER_FIELDS),
-                address_columns=columns("a", "customers__addresses", ADDRESS_FIELDS, "billing_"),
-                contact_columns=columns("k", "customers__contacts", CONTACT_FIELDS, "main_contact_"),
-                customers=q("customers"),
-                addresses=q("customers__addresses"),
-                contacts=q("customers__contacts"),
-            )
-            created.append(_replace_view(sql, q("customers_current"), body, "customers_current"))
-        if "customer_attachments" in schema.tables:
-            retired = "is_deleted" in schema.get_table_columns("customer_attachments")
-            body = ATTACHMENTS_WITH_CUSTOMERS.format(
-                attachment_columns=columns("t", "customer_attachments", ATTACHMENT_FIELDS),
-                attachments=q("customer_attachments"),
-                customers=q("customers"),
-                live="t.is_deleted IS NOT TRUE" if retired else "TRUE",
-            )
-            name = "customer_attachments_with_customers"
-            created.append(_replace_view(sql, q(name), body, name))
+    q = sql.make_qualified_table_name
+    if tables.has("customers__contacts") and "type" in tables.columns("customers__addresses"):
+        body = CURRENT_CUSTOMERS.format(
+            customer_columns=columns("c", "customers", CUSTOMER_FIELDS),
+            address_columns=columns("a", "customers__addresses", ADDRESS_FIELDS, "billing_"),
+            contact_columns=columns("k", "customers__contacts", CONTACT_FIELDS, "main_contact_"),
+            customers=q("customers"),
+            addresses=q("customers__addresses"),
+            contacts=q("customers__contacts"),
+        )
+        created.append(_replace_view(sql, q("customers_current"), body, "customers_current"))
+    if tables.has("customer_attachments"):
+        retired = "is_deleted" in tables.columns("customer_attachments")
+        body = ATTACHMENTS_WITH_CUSTOMERS.format(
+            attachment_columns=columns("t", "customer_attachments", ATTACHMENT_FIELDS),
+            attachments=q("customer_attachments"),
+            customers=q("customers"),
+            live="t.is_deleted IS NOT TRUE" if retired else "TRUE",
+        )
+        name = "customer_attachments_with_customers"
+        created.append(_replace_view(sql, q(name), body, name))
     return created
 
 

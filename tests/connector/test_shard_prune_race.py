@@ -38,6 +38,7 @@ from connector.emulator.emulator import Emulator
 from connector.placement import ShardPlan
 from connector.shards import shard_destination
 from connector.views import prune_child_rows
+from connector.warehouse import destination_tables
 from tests import children
 from tests.shardtools import Database, Shard, shard_processes, start_shard, wait_for
 from tests.synctools import readable
@@ -259,7 +260,8 @@ def test_an_unscoped_prune_while_another_shard_loads_deletes_its_child_rows(
             pipelines_dir=str(tmp_path / "unscoped"),
         )
         pipeline.sync_destination()
-        prune_child_rows(pipeline)
+        with destination_tables(pipeline) as tables:
+            prune_child_rows(tables)
 
     with shard_processes() as started:
         changed, expected = arrange(emulator, base_url, sharded, started)
