@@ -94,6 +94,11 @@ def _edit_in_platform(emulator: ControlledEmulator, body: Any) -> Any:
     return {"marked": len(body["ids"])}
 
 
+def _link_connection(emulator: ControlledEmulator, body: Any) -> Any:
+    company_id = body["company_id"]
+    return emulator.store.link_connection(company_id, body["platform"]).to_json(company_id)
+
+
 def _sync(emulator: ControlledEmulator, body: Any) -> Any:
     return {"applied": emulator.sync(body.get("company_id"))}
 
@@ -178,6 +183,7 @@ CONTROL_ROUTES: dict[tuple[str, str], ControlHandler] = {
     ("POST", "reset"): _reset,
     ("POST", "mutate"): _mutate,
     ("POST", "edit-in-platform"): _edit_in_platform,
+    ("POST", "link-connection"): _link_connection,
     ("POST", "sync"): _sync,
     ("POST", "faults"): _faults,
     ("DELETE", "faults"): _clear_faults,

@@ -39,6 +39,7 @@ __all__ = [
     "company_states",
     "generate_account",
     "new_attachment",
+    "new_connection",
     "new_customer",
     "split_customers",
 ]
@@ -188,6 +189,21 @@ def _connection(
         created=format_instant(created + int(rng.random() * 3 * DAY)),
         last_sync=None if last_sync is None else format_instant(last_sync),
     )
+
+
+def new_connection(rng: random.Random, platform_name: str, stamp: str) -> Connection:
+    """A new `Linked` accounting connection to `platform_name`, created at `stamp` and never synced.
+
+    Raises:
+        ValueError: `platform_name` is no accounting platform the emulator knows.
+    """
+    platform = next((p for p in n.PLATFORMS if p.name == platform_name), None)
+    if platform is None:
+        known = ", ".join(p.name for p in n.PLATFORMS)
+        raise ValueError(f"no accounting platform {platform_name!r}; use one of {known}")
+    connection = _connection(rng, platform.name, platform.key, _seconds(stamp), None)
+    connection.created = stamp
+    return connection
 
 
 def _fill_customers(

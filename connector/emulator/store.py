@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from connector.emulator.data import generate_account, new_attachment, new_customer
-from connector.emulator.model import STATUS_COMPLETE, Attachment, Company, Json, gc_paused
+from connector.emulator.data import generate_account, new_attachment, new_connection, new_customer
+from connector.emulator.model import STATUS_COMPLETE, Attachment, Company, Connection, Json, gc_paused
 from connector.emulator.selection import SortedView, build_view, update_view
 
 MUTATE_ACTIONS = ("modify", "delete", "add", "restamp", "attach", "detach")
@@ -314,6 +314,25 @@ class Store:
                 else:
                     company.attachments.pop(key, None)
             return targets
+
+    def link_connection(self, company_id: str, platform_name: str) -> Connection:
+        """Link one more accounting platform to a company, as its user does through Codat's Link flow.
+
+        The new connection is `Linked` and not yet synced. Nothing else changes: Codat keeps one
+        set of customers per company, so the company's customers stay as they are, and the new
+        connection holds no attachments. A push may name it from now on.
+
+        Raises:
+            KeyError: No such company.
+            ValueError: No such accounting platform.
+        """
+        with self.lock:
+            company = self.companies.get(company_id)
+            if company is None:
+                raise KeyError(f"no company {company_id}")
+            connection = new_connection(self._rng, platform_name, utc_stamp())
+            company.connections = [*company.connections, connection]  # a listing being served keeps its own
+            return connection
 
     def edit_in_platform(self, company_id: str, ids: list[str]) -> None:
         """Mark customers as changed in the accounting platform since Codat last read them.

@@ -268,6 +268,54 @@ def test_create_on_unknown_connection_is_404(codat, target):
     assert_error(response, 404)
 
 
+def test_a_linked_second_accounting_connection_is_listed_and_takes_pushes(codat, control, emulator, target):
+    company, first = target
+    assert [c.id for c in company.accounting_connections] == [first.id]
+    customers = codat.get(customers_path(company.id)).json()["totalResults"]
+
+    answer = control.post(
+        "/_emulator/link-connection", json={"company_id": company.id, "platform": "QuickBooks Online"}
+    )
+
+    assert answer.status_code == 200
+    second = answer.json()
+    assert (second["sourceType"], second["platformName"], second["status"], second["lastSync"]) == (
+        "Accounting",
+        "QuickBooks Online",
+        "Linked",
+        None,
+    )
+    listed = {c["id"]: c for c in codat.get(f"/companies/{company.id}/connections").json()["results"]}
+    assert set(listed) == {first.id, second["id"]}
+    assert listed[second["id"]] == second
+    assert second in codat.get(f"/companies/{company.id}").json()["dataConnections"]
+    assert codat.get(customers_path(company.id)).json()["totalResults"] == customers
+    model = codat.get(f"/companies/{company.id}/connections/{second['id']}/options/customers").json()
+    assert model == load_model("QuickBooks Online")
+    path = f"/companies/{company.id}/connections/{second['id']}/push/customers"
+    key = codat.post(path, json=valid_body("QuickBooks Online")).json()["pushOperationKey"]
+    assert_push_operation(settle(codat, company.id, key), company.id, second["id"], "Success")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"company_id": "nope", "platform": "Xero"},
+        {"company_id": "FIRST", "platform": "Plaid"},
+        {"platform": "Xero"},
+    ],
+    ids=["unknown-company", "not-an-accounting-platform", "no-company"],
+)
+def test_linking_a_connection_that_cannot_be_is_400(control, emulator, target, body):
+    company, _ = target
+    body = {k: (company.id if v == "FIRST" else v) for k, v in body.items()}
+
+    response = control.post("/_emulator/link-connection", json=body)
+
+    assert response.status_code == 400
+    assert len(company.connections) == 1
+
+
 # -- timeouts ---------------------------------------------------------------------------------
 
 
