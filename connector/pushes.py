@@ -227,8 +227,8 @@ class Planner:
         """The accounting connection the row writes through.
 
         Raises:
-            InvalidOption: The company or the connection is unknown, or the company has several
-                accounting connections and the row names none.
+            InvalidOption: The company or the connection is unknown, the company has no accounting
+                connection, or it has several and the row names none (the message lists them).
         """
         if row.company_id not in self._connections:
             try:
@@ -250,10 +250,17 @@ class Planner:
                     f"of company {row.company_id}"
                 )
             return found[0]
-        if len(connections) != 1:
+        if not connections:
+            raise InvalidOption(
+                f"row {row.number}: company {row.company_id} has no accounting connection "
+                "to push customers to"
+            )
+        if len(connections) > 1:
+            ordered = sorted(connections, key=lambda c: str(c.get("id")))  # Codat's own order is undocumented
+            choices = ", ".join(f"{c.get('id')} ({c.get('platformName')})" for c in ordered)
             raise InvalidOption(
                 f"row {row.number}: company {row.company_id} has {len(connections)} accounting connections; "
-                "name one in connection_id"
+                f"name one in connection_id: {choices}"
             )
         return connections[0]
 

@@ -343,6 +343,67 @@ def test_a_push_killed_midway_then_rerun_creates_each_customer_once(push_env, ba
     assert [r[2] for r in results(tmp_path)] == ["Success"] * 20
 
 
+def test_a_company_with_two_accounting_connections_takes_the_one_each_row_names(push_env, tmp_path, capsys):
+    company = company_on(push_env, "Xero")
+    [first] = company.accounting_connections
+    second = push_env.store.link_connection(company.id, "QuickBooks Online")
+    assert [c.id for c in company.accounting_connections] == [first.id, second.id]
+    row = {"company_id": company.id, "connection_id": first.id, "status": "Active"}
+    unnamed = [
+        {**row, "customer_name": "Named Ltd"},
+        {**row, "connection_id": None, "customer_name": "Unnamed Ltd"},
+    ]
+    named = [
+        {**row, "customer_name": "Via Xero Ltd"},
+        {**row, "connection_id": second.id, "customer_name": "Via QBO Ltd"},
+    ]
+    choices = [f"{first.id} (Xero)", f"{second.id} (QuickBooks Online)"]  # listed in id order
+    held = len(records(push_env, company.id))
+
+    refused = push(tmp_path, "--csv", str(write_csv(tmp_path / "unnamed.csv", unnamed)), "--mode", "create")
+    err = capsys.readouterr().err
+    sent_when_refused = pushes_sent(push_env)
+    pushed = push(tmp_path, "--csv", str(write_csv(tmp_path / "named.csv", named)), "--mode", "create")
+    push_env.sync(company.id)
+
+    assert refused == 2
+    assert err.splitlines() == [
+        f"codat-push: row 2: company {company.id} has 2 accounting connections; "
+        f"name one in connection_id: {', '.join(sorted(choices))}"
+    ]
+    assert sent_when_refused == []
+    assert pushed == 0
+    sent = [(e["path"], e["status"]) for e in pushes_sent(push_env)]
+    assert sorted(sent) == sorted(
+        (f"/companies/{company.id}/connections/{c.id}/push/customers", 200) for c in (first, second)
+    )
+    operations = [o.to_json() for o in push_env.ledger.operations.values()]
+    assert sorted((o["data"]["customerName"], o["dataConnectionKey"], o["status"]) for o in operations) == [
+        ("Via QBO Ltd", second.id, "Success"),
+        ("Via Xero Ltd", first.id, "Success"),
+    ]
+    assert len(records(push_env, company.id)) == held + 2
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
+        assert con.sql(
+            "SELECT row_number, connection_id, status FROM codat.push_results ORDER BY row_number"
+        ).fetchall() == [(1, first.id, "Success"), (2, second.id, "Success")]
+
+
+def test_a_company_without_an_accounting_connection_is_refused_before_any_push(push_env, tmp_path, capsys):
+    push_env.reset(7, 6, 200)  # six companies: one of them has only a Banking connection
+    [banking] = [c for c in push_env.store.companies.values() if not c.accounting_connections]
+    assert [c.source_type for c in banking.connections] == ["Banking"]
+    source = write_csv(tmp_path / "rows.csv", [{"company_id": banking.id, "customer_name": "Nowhere Ltd"}])
+
+    code = push(tmp_path, "--csv", str(source), "--mode", "create")
+
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"codat-push: row 1: company {banking.id} has no accounting connection to push customers to"
+    )
+    assert pushes_sent(push_env) == []
+
+
 @pytest.mark.postgres
 def test_push_results_go_to_any_destination_and_a_rerun_there_sends_nothing(
     push_env, tmp_path, monkeypatch, postgres, capsys
