@@ -343,6 +343,81 @@ def test_a_push_killed_midway_then_rerun_creates_each_customer_once(push_env, ba
     assert [r[2] for r in results(tmp_path)] == ["Success"] * 20
 
 
+def new_customers(emulator, company_id: str, label: str, count: int) -> list[dict[str, Any]]:
+    """`count` rows creating customers named `<label> <n>`, none of which the company holds yet."""
+    rows = [{"company_id": company_id, "customer_name": f"{label} {n}"} for n in range(1, count + 1)]
+    assert not {r["customer_name"] for r in rows} & set(names_in_codat(emulator, company_id))
+    return rows
+
+
+def answered_429(emulator) -> list[dict[str, Any]]:
+    return [e for e in emulator.request_log if e["status"] == 429]
+
+
+def test_429s_on_the_pushes_and_their_polls_are_waited_out_and_each_customer_is_created_once(
+    push_env, tmp_path
+):
+    company = company_on(push_env, "Xero")
+    rows = new_customers(push_env, company.id, "Throttled Customer", 3)
+    held = len(records(push_env, company.id))
+    polls = f"/companies/{company.id}/push/"  # GET .../push/{key}; a create's path has /connections/ between
+    push_env.add_fault("429", count=2, match="/push/customers", retry_after="0")
+    push_env.add_fault("429", count=2, match=polls, retry_after="1")
+
+    code = push(tmp_path, "--csv", str(write_csv(tmp_path / "new.csv", rows)), "--mode", "create")
+    push_env.sync(company.id)
+
+    assert code == 0
+    assert push_env.faults.faults == []  # every 429 was served
+    log = list(push_env.request_log)
+    throttled = answered_429(push_env)
+    assert sorted((e["operation"], e["fault"]) for e in throttled) == [
+        ("create-customer", "429"),
+        ("create-customer", "429"),
+        ("get-push-operation", "429"),
+        ("get-push-operation", "429"),
+    ]
+    creates = [e["status"] for e in log if e["operation"] == "create-customer"]
+    assert sorted(creates) == [200, 200, 200, 429, 429]  # each refused create was sent again
+    for at, entry in enumerate(log):  # each refused poll was asked again, and answered
+        if entry["operation"] == "get-push-operation" and entry["status"] == 429:
+            assert any(e["path"] == entry["path"] and e["status"] == 200 for e in log[at + 1 :]), entry
+    assert len(push_env.ledger.operations) == 3  # Codat took three creates, not five
+    assert len(records(push_env, company.id)) == held + 3
+    created = [n for n in names_in_codat(push_env, company.id) if n.startswith("Throttled Customer")]
+    assert created == ["Throttled Customer 1", "Throttled Customer 2", "Throttled Customer 3"]
+    assert results(tmp_path) == [(n, "create", "Success", True, None) for n in (1, 2, 3)]
+
+
+def test_a_push_paced_to_the_per_minute_limit_meets_no_429(push_env, tmp_path, monkeypatch):
+    limit, window, rows = 10, 1.0, 5  # 2 reads, 5 creates and at least 5 polls: 12 requests unpaced
+    company = company_on(push_env, "Xero")
+    push_env.limiter.per_minute_limit, push_env.limiter.window_seconds = limit, window
+    unpaced = tmp_path / "unpaced"
+    unpaced.mkdir()
+    source = write_csv(unpaced / "new.csv", new_customers(push_env, company.id, "Unpaced Customer", rows))
+    assert push(unpaced, "--csv", str(source), "--mode", "create") == 0  # the conftest leaves it unpaced
+    assert {e["refused"] for e in answered_429(push_env)} == {"per_minute"}, (
+        "the emulator's per-minute limit must bind an unpaced push for this test to mean anything"
+    )
+    push_env.reset()
+    monkeypatch.setenv("SOURCES__CODAT__REQUESTS_PER_MINUTE", str(limit))
+    monkeypatch.setenv("SOURCES__CODAT__RATE_WINDOW", str(window))
+    held = len(records(push_env, company.id))
+
+    source = write_csv(tmp_path / "new.csv", new_customers(push_env, company.id, "Paced Customer", rows))
+    code = push(tmp_path, "--csv", str(source), "--mode", "create")
+    push_env.sync(company.id)
+
+    assert code == 0
+    assert answered_429(push_env) == []
+    assert len(push_env.request_log) > limit  # more requests than one window admits
+    assert len(records(push_env, company.id)) == held + rows
+    created = [n for n in names_in_codat(push_env, company.id) if n.startswith("Paced Customer")]
+    assert created == [f"Paced Customer {n}" for n in range(1, rows + 1)]
+    assert results(tmp_path) == [(n, "create", "Success", True, None) for n in range(1, rows + 1)]
+
+
 def test_a_company_with_two_accounting_connections_takes_the_one_each_row_names(push_env, tmp_path, capsys):
     company = company_on(push_env, "Xero")
     [first] = company.accounting_connections
