@@ -1,4 +1,4 @@
-"""Benchmarks of the sync, its `rest_api` peer, the emulator, attachments and shards, in one JSON document.
+"""Benchmarks of the sync, its `rest_api` peer, the emulator, attachments, shards, pushes: one JSON document.
 
 Run with `make bench` (`.venv/bin/python tests/benchmarks/run.py --out benchmarks.json`); `--quick`
 for a smoke run at small sizes, `--only NAME` (repeatable) for some of them. Each benchmark is a
@@ -277,6 +277,15 @@ def shard_fan_out(context: Context) -> Figures:
 
     say("shards")
     return bench_shards(quick=context.quick)
+
+
+@benchmark("push")
+def push_creates(context: Context) -> Figures:
+    """`codat-push`: 1,000 creates across 10 companies at 200 ms a request, against the ideal."""
+    from tests.benchmarks.push_bench import bench_push
+
+    say("push")
+    return bench_push(quick=context.quick)
 
 
 def machine() -> Figures:
