@@ -80,7 +80,7 @@ def create_customer(
         idempotency_key: A uuid naming this create.
         timeout_in_minutes: How long Codat may take before the push is `TimedOut`.
         wait: Whether to poll until the push settles, rather than return it `Pending`.
-        poll_interval: Seconds between two polls.
+        poll_interval: Seconds before the first poll and between two polls.
         timeout: Seconds to wait for the push to settle before `TimeoutError`.
 
     Returns:
@@ -116,7 +116,7 @@ def update_customer(
             without it such an update fails.
         timeout_in_minutes: How long Codat may take before the push is `TimedOut`.
         wait: Whether to poll until the push settles, rather than return it `Pending`.
-        poll_interval: Seconds between two polls.
+        poll_interval: Seconds before the first poll and between two polls.
         timeout: Seconds to wait for the push to settle before `TimeoutError`.
 
     Returns:
@@ -132,9 +132,8 @@ def _outcome(
     client: CodatClient, company_id: str, operation: Json, wait: bool, timeout: float, poll_interval: float
 ) -> PushResult:
     if wait and operation.get("status") == PENDING:
-        operation = wait_for_push(
-            client, company_id, str(operation["pushOperationKey"]), timeout, poll_interval
-        )
+        key = str(operation["pushOperationKey"])
+        operation = wait_for_push(client, company_id, key, timeout, poll_interval, just_pushed=True)
     return PushResult.from_operation(operation)
 
 
@@ -144,6 +143,8 @@ def wait_for_push(
     key: str,
     timeout: float = DEFAULT_PUSH_TIMEOUT,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
+    *,
+    just_pushed: bool = False,
 ) -> Json:
     """Poll a push operation until it is no longer `Pending`, and return it.
 
@@ -153,11 +154,16 @@ def wait_for_push(
         key: The `pushOperationKey`.
         timeout: Seconds to wait at most.
         poll_interval: Seconds between two polls.
+        just_pushed: Codat has just answered the push `Pending`: the first poll waits one
+            interval too, as one sent at once would rarely find it settled and would spend a
+            request of the minute's and the day's quota for nothing.
 
     Raises:
         TimeoutError: It was still `Pending` after `timeout` seconds.
     """
     deadline = time.monotonic() + timeout
+    if just_pushed:
+        time.sleep(min(poll_interval, timeout))
     while (operation := client.get_push_operation(company_id, key)).get("status") == PENDING:
         remaining = deadline - time.monotonic()
         if remaining <= 0:

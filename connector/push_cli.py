@@ -28,8 +28,8 @@ from connector.client import CodatClient
 from connector.defaults import (
     DEFAULT_DUCKDB_FILE,
     DEFAULT_POLL_INTERVAL,
+    DEFAULT_PUSH_CONCURRENCY,
     DEFAULT_PUSH_TIMEOUT,
-    MAX_IN_FLIGHT_PER_COMPANY,
 )
 from connector.errors import CodatApiError, CodatError, InvalidOption
 from connector.exits import EXIT_BAD_INPUT, EXIT_COMPANY_FAILED, EXIT_OK, api_exit_code, stop_exit_code
@@ -99,7 +99,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--timeout-in-minutes", type=int, help="how long Codat may take over a push before it is TimedOut"
     )
     parser.add_argument(
-        "--concurrency", type=int, default=MAX_IN_FLIGHT_PER_COMPANY, help="pushes in flight at once"
+        "--concurrency",
+        type=int,
+        default=DEFAULT_PUSH_CONCURRENCY,
+        help="pushes waiting at once (the requests stay within Codat's limits)",
     )
     parser.add_argument(
         "--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL, help="seconds between looks at a push"

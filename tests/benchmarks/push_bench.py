@@ -8,15 +8,15 @@ from `wait4`); checks 1,000 `Success` rows in `push_results` and 1,000 new custo
 emulator, each once; and sets the time against `ideal()`, worked out from Codat's limits and
 the documented behaviour alone (no counter of the code is read):
 
-- a row needs `1 + polls` requests: its push, then a look at once and one every poll interval
-  until the push has settled. A look sees the push as it is when answered, so look `j` (from 0)
-  sees it `latency + j * (interval + latency)` after it was accepted, and
-  `polls = 1 + ceil(max(0, delay - latency) / (interval + latency))`;
+- a row needs `1 + polls` requests: its push, then a look one poll interval after Codat
+  answered it `Pending` and one every interval after that, until the push has settled. A look
+  sees the push as it is when answered, so look `j` (from 1) sees it `j * (interval + latency)`
+  after it was accepted: `polls = max(1, ceil(delay / (interval + latency)))`;
 - a company needs 2 more: its connections listed, its accounting connection's model read;
 - `R` requests in all. No client is done sooner than the largest of: the per-IP bound
   `floor((R - 1) / limit) * window + latency` (request `i + limit` goes a window after
   request `i`), the slot bound `ceil(requests of a company / 10) * latency`, and the chain of
-  one row (model, then push, then its polls) `2 * latency + latency + latency + j * (interval + latency)`.
+  one row (connections, model, push, polls) `2 * latency + latency + polls * (interval + latency)`.
 
     .venv/bin/python -m tests.benchmarks.push_bench [--rows-per-company 100] [--window 60]
 """
@@ -36,6 +36,7 @@ from typing import Any
 
 import duckdb
 
+from connector.defaults import DEFAULT_PUSH_CONCURRENCY
 from connector.emulator.launch import emulator_process
 from connector.emulator.push import DEFAULT_PUSH_DELAY
 from connector.emulator.push_models import has_model, load_model
@@ -74,8 +75,8 @@ class PushBenchFailed(AssertionError):
 
 
 def polls_per_row(latency: float, push_delay: float, poll_interval: float) -> int:
-    """Looks at a push until one sees it settled: one at once, then one every poll interval."""
-    return 1 + math.ceil(max(0.0, push_delay - latency) / (poll_interval + latency))
+    """Looks at a push until one sees it settled: one every poll interval after it was accepted."""
+    return max(1, math.ceil(push_delay / (poll_interval + latency)))
 
 
 @dataclass(frozen=True)
@@ -113,13 +114,12 @@ def ideal(
     polls = polls_per_row(latency, push_delay, poll_interval)
     per_company = [PLANNING_REQUESTS + rows * (1 + polls) for rows in rows_per_company]
     requests = sum(per_company)
-    waits = polls - 1  # poll intervals a row sits out
     return Ideal(
         polls_per_row=polls,
         requests=requests,
         per_ip_bound_s=round((requests - 1) // limit * window + latency, 3),
         slot_bound_s=round(max(math.ceil(n / in_flight) for n in per_company) * latency, 3),
-        chain_bound_s=round(PLANNING_REQUESTS * latency + 2 * latency + waits * (poll_interval + latency), 3),
+        chain_bound_s=round(PLANNING_REQUESTS * latency + latency + polls * (poll_interval + latency), 3),
     )
 
 
@@ -272,8 +272,9 @@ def bench_push(
         source = write_csv(workdir / "creates.csv", rows)
         database = workdir / "warehouse.duckdb"
         before = {c["id"]: c["customers"] for c in emulator.account()}
-        command = [str(Path(sys.executable).parent / "codat-push"), "--csv", str(source), "--mode", "create"]
-        command += ["--duckdb-file", str(database), "--pipelines-dir", str(workdir / "pipelines")]
+        # Paths relative to the folder it runs in, so the command reads as it would be typed.
+        command = [str(Path(sys.executable).parent / "codat-push"), "--csv", source.name, "--mode", "create"]
+        command += ["--duckdb-file", database.name, "--pipelines-dir", "pipelines"]
         command += ["--poll-interval", str(POLL_INTERVAL)]
         command += ["--concurrency", str(concurrency)] if concurrency else []
         env = {"SOURCES__CODAT__API_KEY": API_KEY, "SOURCES__CODAT__BASE_URL": url}
@@ -301,7 +302,7 @@ def bench_push(
         "per_minute_limit": CODAT_REQUESTS_PER_MINUTE,
         "window_s": window,
         "in_flight_per_company": CODAT_IN_FLIGHT_PER_COMPANY,
-        "concurrency": concurrency,
+        "concurrency": concurrency or DEFAULT_PUSH_CONCURRENCY,
         "command": " ".join(["codat-push", *command[1:]]),
         "seconds": run.seconds,
         "ideal_s": best.seconds,

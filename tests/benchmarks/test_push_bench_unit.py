@@ -8,8 +8,8 @@ from tests.benchmarks.push_bench import ideal, polls_per_row
 
 
 def looks_until_settled(latency: float, delay: float, interval: float) -> int:
-    """Walk the looks one by one: each answered `latency` after it is sent, the next `interval` later."""
-    seen_at, looks = latency, 1  # the first look goes as the push is accepted
+    """Walk the looks one by one: each sent `interval` after the last answer, answered `latency` later."""
+    seen_at, looks = interval + latency, 1  # the first look waits an interval after the push's answer
     while seen_at < delay:
         seen_at += interval + latency
         looks += 1
@@ -19,10 +19,11 @@ def looks_until_settled(latency: float, delay: float, interval: float) -> int:
 @pytest.mark.parametrize(
     ("latency", "delay", "interval"),
     [
-        pytest.param(0.2, 0.5, 2.0, id="bench-settles-between-first-and-second-look"),
-        pytest.param(0.2, 0.1, 2.0, id="settled-by-the-first-look"),
-        pytest.param(0.2, 0.2, 2.0, id="settles-as-the-first-look-is-answered"),
-        pytest.param(0.2, 2.5, 2.0, id="third-look"),
+        pytest.param(0.2, 0.5, 2.0, id="bench-settled-by-the-first-look"),
+        pytest.param(0.2, 0.0, 2.0, id="settled-at-once"),
+        pytest.param(0.2, 2.2, 2.0, id="settles-as-the-first-look-is-answered"),
+        pytest.param(0.2, 2.3, 2.0, id="second-look"),
+        pytest.param(0.2, 4.5, 2.0, id="third-look"),
         pytest.param(0.0, 0.5, 0.02, id="no-latency-short-interval"),
         pytest.param(0.5, 30.0, 2.0, id="slow-push"),
     ],
@@ -34,34 +35,34 @@ def test_polls_per_row_matches_walking_the_looks(latency, delay, interval):
 def test_the_benchmarks_ideal_is_bound_by_codats_requests_a_minute():
     best = ideal([100] * 10, latency=0.2, push_delay=0.5, poll_interval=2.0)
 
-    assert best.polls_per_row == 2
-    assert best.requests == 10 * 2 + 1000 * 3  # connections and model per company; push and 2 looks a row
-    assert best.per_ip_bound_s == 180.2  # requests 1-1000 at 0 s, 1001-2000 at 60 s, ..., 3001-3020 at 180 s
-    assert best.slot_bound_s == 6.2  # 302 requests of a company, 10 at a time, 0.2 s each: 31 rounds
-    assert best.chain_bound_s == 3.0  # connections, model, push, look, 2 s, look: 0.2 * 5 + 2
-    assert (best.seconds, best.binding) == (180.2, "per-IP")
+    assert best.polls_per_row == 1
+    assert best.requests == 10 * 2 + 1000 * 2  # connections and model per company; push and a look a row
+    assert best.per_ip_bound_s == 120.2  # requests 1-1000 at 0 s, 1001-2000 at 60 s, 2001-2020 at 120 s
+    assert best.slot_bound_s == 4.2  # 202 requests of a company, 10 at a time, 0.2 s each: 21 rounds
+    assert best.chain_bound_s == 2.8  # connections, model, push, 2 s, look: 0.2 * 4 + 2
+    assert (best.seconds, best.binding) == (120.2, "per-IP")
 
 
 def test_a_small_run_is_bound_by_one_rows_chain():
     best = ideal([10] * 10, latency=0.2, push_delay=0.5, poll_interval=2.0)
 
-    assert best.requests == 320
+    assert best.requests == 220
     assert best.per_ip_bound_s == 0.2  # within one window's 1,000
-    assert best.slot_bound_s == 0.8  # 32 requests of a company: 4 rounds
-    assert (best.seconds, best.binding) == (3.0, "chain")
+    assert best.slot_bound_s == 0.6  # 22 requests of a company: 3 rounds
+    assert (best.seconds, best.binding) == (2.8, "chain")
 
 
 @pytest.mark.parametrize(
     ("requests", "bound"),
     [
-        pytest.param(998, 0.2, id="within-one-window"),
-        pytest.param(1001, 60.2, id="one-over"),
+        pytest.param(1000, 0.2, id="one-full-window"),
+        pytest.param(1002, 60.2, id="one-over"),
         pytest.param(2000, 60.2, id="two-full-windows"),
-        pytest.param(2003, 120.2, id="three-windows"),
+        pytest.param(2002, 120.2, id="three-windows"),
     ],
 )
 def test_the_per_ip_bound_counts_whole_windows(requests, bound):
-    rows, rest = divmod(requests - 2, 3)  # one company: 2 planning requests, 3 a row
+    rows, rest = divmod(requests - 2, 2)  # one company: 2 planning requests, 2 a row
     assert rest == 0
     best = ideal([rows], latency=0.2, push_delay=0.5, poll_interval=2.0)
 

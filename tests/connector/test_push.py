@@ -45,6 +45,19 @@ def test_create_succeeds_and_appears_after_sync(fast_pushes, client):
     assert client.get_customer(company.id, result.record_id)["customerName"] == "Acme Widgets"
 
 
+def test_the_first_poll_waits_an_interval_so_a_push_settled_meanwhile_takes_one(fast_pushes, client):
+    company, connection_id = company_on(fast_pushes, "Xero")
+    fast_pushes.clear_log()
+
+    result = create_customer(
+        client, company.id, connection_id, {"customerName": "Prompt"}, poll_interval=0.3, timeout=10
+    )
+
+    assert result.status == "Success"
+    # A poll at once would find it Pending (it settles 0.05 s after the push) and spend a request.
+    assert [e["operation"] for e in fast_pushes.request_log] == ["create-customer", "get-push-operation"]
+
+
 def test_create_without_waiting_returns_pending(fast_pushes, client):
     company, connection_id = company_on(fast_pushes, "Xero")
 
