@@ -384,7 +384,7 @@ def _push_rows(figures: Document) -> Iterator[Row]:
     yield Row(
         "... where its time goes",
         f"start and planning {spent['before_pushes_s']:.1f} s, pushes {spent['pushes_s']:.1f} s "
-        f"({spent['pushes_in_flight_mean']:g} at once, {spent['row_mean_s']:.2f} s a row), "
+        f"({spent['pushes_in_flight_mean']:.1f} at once, {spent['row_mean_s']:.2f} s a row), "
         f"load {spent['after_pushes_s']:.1f} s",
     )
     yield Row(
