@@ -21,7 +21,8 @@ from typing import Any
 
 import dlt
 from dlt.common.configuration.exceptions import ConfigFieldMissingException
-from dlt.common.destination.exceptions import UnknownDestinationModule
+from dlt.common.destination.exceptions import SqlClientNotAvailable, UnknownDestinationModule
+from dlt.destinations.exceptions import DatabaseException
 
 from connector.cli import make_pipeline as sync_pipeline
 from connector.client import CodatClient
@@ -31,12 +32,30 @@ from connector.defaults import (
     DEFAULT_PUSH_CONCURRENCY,
     DEFAULT_PUSH_TIMEOUT,
 )
-from connector.errors import CodatApiError, CodatError, InvalidOption
-from connector.exits import EXIT_BAD_INPUT, EXIT_COMPANY_FAILED, EXIT_OK, api_exit_code, stop_exit_code
+from connector.destinations import check_duckdb_file, duckdb_path
+from connector.errors import (
+    CodatApiError,
+    CodatError,
+    DestinationLocked,
+    DestinationUnusable,
+    InvalidOption,
+    PipelineBusy,
+)
+from connector.exits import (
+    EXIT_BAD_INPUT,
+    EXIT_BUSY,
+    EXIT_COMPANY_FAILED,
+    EXIT_OK,
+    api_exit_code,
+    stop_exit_code,
+)
+from connector.lock import destination_lock, pipeline_lock
 from connector.push import PushResult, create_customer, update_customer
-from connector.pushes import CREATE, MODES, PlannedPush, planned, read_rows, to_push_row
+from connector.pushes import CREATE, MODES, PlannedPush, PushRow, planned, read_rows, to_push_row
 from connector.settings import resolve_settings
-from connector.warehouse import read_table
+from connector.warehouse import destination_tables
+
+logger = logging.getLogger(__name__)
 
 RESULTS_TABLE = "push_results"
 PROGRESS_SECONDS = 2.0
@@ -207,15 +226,36 @@ def make_pipeline(args: argparse.Namespace) -> dlt.Pipeline:
 
 
 def settled_keys(pipeline: dlt.Pipeline) -> set[str]:
-    """The rows an earlier run pushed with success."""
+    """The rows an earlier run pushed with success.
+
+    The outcomes a killed run had extracted but not loaded are loaded first, so that its rows
+    are not sent again; then the schema is restored from the destination if this folder has
+    none. (dlt's `run` restores first, and a destination that holds no load yet makes it wipe
+    the working folder, outcomes and all.) A destination without SQL cannot say: its rows are
+    sent again, and Codat's `Idempotency-Key` dedupes the creates within its window.
+
+    Raises:
+        DestinationUnusable: `push_results` is there but cannot be read (nothing is sent).
+    """
+    if pipeline.list_extracted_load_packages():
+        pipeline.normalize()
+    if pipeline.list_normalized_load_packages():
+        pipeline.load()
     pipeline.sync_destination()
-    rows = read_table(
-        pipeline,
-        RESULTS_TABLE,
-        lambda table: f"SELECT row_key FROM {table} WHERE status = %s",
-        SUCCESS,
-        what="No earlier push results",
-    )
+    with destination_tables(pipeline) as tables:
+        if not tables.has_data(RESULTS_TABLE):
+            return set()
+        try:
+            sql = tables.sql
+            table = sql.make_qualified_table_name(RESULTS_TABLE)
+            rows = sql.execute_sql(f"SELECT row_key FROM {table} WHERE status = %s", SUCCESS)
+        except SqlClientNotAvailable:
+            logger.warning("%s cannot be read on this destination: every row is sent", RESULTS_TABLE)
+            return set()
+        except DatabaseException as exc:
+            raise DestinationUnusable(
+                f"cannot read which rows earlier runs pushed ({RESULTS_TABLE}): {exc}; nothing was sent"
+            ) from None
     return {str(r[0]) for r in rows or []}
 
 
@@ -232,6 +272,20 @@ def run(args: argparse.Namespace) -> int:
     )
     rows = [to_push_row(number, values, args.key_column) for number, values in enumerate(raw, 1)]
     pipeline = make_pipeline(args)  # an unknown destination is refused before the first request
+    # One run at a time on the pipeline and its destination, `codat-sync`'s runs among them: the
+    # outcomes read first and loaded last are the dataset's, and nobody holds the file meanwhile.
+    database = duckdb_path(pipeline)
+    with (
+        pipeline_lock(pipeline.pipelines_dir, pipeline.pipeline_name),
+        destination_lock(pipeline, database=database),
+    ):
+        if database is not None:
+            check_duckdb_file(database)
+        return push_rows(args, rows, pipeline)
+
+
+def push_rows(args: argparse.Namespace, rows: list[PushRow], pipeline: dlt.Pipeline) -> int:
+    """Plan every row, push the valid ones not pushed before, load the outcomes; the exit code."""
     settings = resolve_settings()
     client = CodatClient(
         settings.api_key,
@@ -289,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`codat-push`: 0 all sent, 1 some failed or invalid, 2 bad input, 3 and 4 as `codat-sync`."""
+    """`codat-push`: 0 all sent, 1 some failed or invalid, 2 bad input, 3, 4 and 5 as `codat-sync`."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -297,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidOption as exc:
         print(f"codat-push: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (PipelineBusy, DestinationLocked) as exc:
+        print(f"codat-push: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     except CodatApiError as exc:
         print(f"codat-push: {exc}", file=sys.stderr)
         return api_exit_code(exc)

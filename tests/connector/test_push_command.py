@@ -13,9 +13,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import dlt
 import duckdb
 import pytest
 
+from connector.destinations import duckdb_destination
+from connector.lock import destination_lock
 from connector.push_cli import main
 from tests import children
 from tests.synctools import Warehouse
@@ -501,3 +504,98 @@ def test_push_results_go_to_any_destination_and_a_rerun_there_sends_nothing(
         cursor.execute(f"SELECT row_number, operation, status FROM {dataset}.push_results")
         assert cursor.fetchall() == [(1, "create", "Success")]
     assert not (tmp_path / "codat_warehouse.duckdb").exists()
+
+
+# -- one run at a time on a warehouse --------------------------------------------------------------
+
+
+def push_command(tmp_path: Path, source: Path) -> list[str]:
+    """`codat-push` creating the rows of `source` into `tmp_path`'s warehouse, for a child process."""
+    warehouse = ["--duckdb-file", str(tmp_path / "wh.duckdb"), "--pipelines-dir", str(tmp_path / "pipelines")]
+    return [*warehouse, *FAST, "--csv", str(source), "--mode", "create"]
+
+
+def test_a_push_while_another_run_holds_the_warehouse_exits_5_having_sent_nothing(push_env, tmp_path, capsys):
+    company = company_on(push_env, "Xero")
+    source = write_csv(tmp_path / "new.csv", new_customers(push_env, company.id, "Locked Out", 2))
+    other = dlt.pipeline(
+        pipeline_name="codat_sync_elsewhere",
+        destination=duckdb_destination(tmp_path / "wh.duckdb"),
+        dataset_name="codat",
+        pipelines_dir=str(tmp_path / "elsewhere"),
+    )
+
+    with destination_lock(other):  # as a codat-sync run of another pipeline holds it
+        code = main(push_command(tmp_path, source))
+    err = capsys.readouterr().err
+
+    assert code == 5
+    assert err.startswith("codat-push: another codat-sync run (pid ")
+    assert f"holds the DuckDB file {tmp_path / 'wh.duckdb'}; this run did nothing" in err
+    assert list(push_env.request_log) == []  # not even the models were read
+
+
+def test_a_push_while_another_process_has_the_duckdb_file_open_exits_5_having_sent_nothing(
+    push_env, tmp_path
+):
+    company = company_on(push_env, "Xero")
+    source = write_csv(tmp_path / "new.csv", new_customers(push_env, company.id, "Opened Elsewhere", 2))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    with duckdb.connect(str(tmp_path / "wh.duckdb")):  # this process holds the file for writing
+        run = children.run(
+            [sys.executable, "-m", "connector.push_cli", *push_command(tmp_path, source)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert run.returncode == 5, run.stderr
+    assert run.stderr.startswith("codat-push: ")
+    assert "wh.duckdb is locked by" in run.stderr
+    assert list(push_env.request_log) == []
+
+
+KILL_AT_RESULTS_LOAD = """
+import sys
+from tests.killpoint import install
+install("dlt.pipeline.pipeline:Pipeline.load", 1)
+from connector.push_cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_a_push_killed_while_loading_its_results_is_not_sent_again_by_the_rerun(push_env, tmp_path, capsys):
+    """The rerun loads the outcomes the killed run had extracted before it reads which rows are done."""
+    company = company_on(push_env, "Xero")
+    source = write_csv(tmp_path / "new.csv", new_customers(push_env, company.id, "Loaded Late", 3))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    killed = children.run(
+        [sys.executable, "-c", KILL_AT_RESULTS_LOAD, *push_command(tmp_path, source)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(push_env.ledger.operations) == 3  # every create was taken before the kill
+    assert not (tmp_path / "wh.duckdb").exists() or not results_table_exists(tmp_path)
+    sent = len(pushes_sent(push_env))
+
+    rerun = main(push_command(tmp_path, source))
+    out = capsys.readouterr().out
+
+    assert rerun == 0
+    assert "pushed: 0 succeeded, 0 failed, 0 invalid, 3 pushed before" in out
+    assert len(pushes_sent(push_env)) == sent  # nothing sent again
+    assert [r[2] for r in results(tmp_path)] == ["Success"] * 3
+
+
+def results_table_exists(tmp_path: Path) -> bool:
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
+        tables = con.sql("SELECT table_name FROM information_schema.tables").fetchall()
+    return ("push_results",) in tables
