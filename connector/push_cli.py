@@ -10,8 +10,11 @@ key column named), so a rerun skips the rows already `Success`; a create carries
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -49,8 +52,8 @@ from connector.exits import (
     api_exit_code,
     stop_exit_code,
 )
-from connector.lock import destination_lock, pipeline_lock
-from connector.push import PushResult, create_customer, update_customer
+from connector.lock import destination_lock, lock_path, pipeline_lock
+from connector.push import PENDING, PushResult, create_customer, update_customer, wait_for_push
 from connector.pushes import CREATE, MODES, PlannedPush, PushRow, planned, read_rows, to_push_row
 from connector.settings import resolve_settings
 from connector.warehouse import destination_tables
@@ -164,38 +167,100 @@ class Outcome:
         }
 
 
-def push_one(client: CodatClient, plan: PlannedPush, args: argparse.Namespace) -> Outcome:
-    """Send one planned row and wait for its push to settle."""
+class PushJournal:
+    """The push operations Codat accepted in a run, on disk until the run's outcomes are loaded.
+
+    A line is written (and synced) as soon as Codat answers a push, before it is polled. A run
+    killed before its outcomes were loaded leaves them; the next run polls those operations
+    instead of pushing their rows again, so a row is created once however long after the kill
+    the rerun comes (Codat's `Idempotency-Key` covers 90 minutes). It lives beside the
+    pipeline's lock, not in dlt's working folder, which dlt may wipe. A run killed between
+    loading its outcomes and clearing the journal has the next run poll its failed rows'
+    operations once more (reporting the same failure); the run after sends them again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def read(self) -> dict[str, str]:
+        """The push operation key of each row the journal holds, by row key."""
+        if not self.path.exists():
+            return {}
+        keys = {}
+        for line in self.path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+                keys[str(entry["row_key"])] = str(entry["push_operation_key"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line the kill cut short: its push was not accepted before it
+        return keys
+
+    def accepted(self, row_key: str, push_operation_key: str) -> None:
+        """Record that Codat accepted the row's push, durably, before it is polled."""
+        line = json.dumps({"row_key": row_key, "push_operation_key": push_operation_key}) + "\n"
+        with self._lock, self.path.open("a") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def clear(self) -> None:
+        """Forget the run's operations, once their outcomes are loaded."""
+        self.path.unlink(missing_ok=True)
+
+
+def push_one(
+    client: CodatClient,
+    plan: PlannedPush,
+    args: argparse.Namespace,
+    journal: PushJournal,
+    accepted: str | None,
+) -> Outcome:
+    """Send one planned row (or, `accepted`, follow the push an earlier run sent) until it settles."""
     requested = datetime.now(UTC)
     row = plan.row
     polling: dict[str, Any] = {"poll_interval": args.poll_interval, "timeout": args.push_timeout}
-    polling["timeout_in_minutes"] = args.timeout_in_minutes
     try:
+        if accepted is not None:
+            operation = wait_for_push(client, row.company_id, accepted, **polling)
+            result = PushResult.from_operation(operation)
+            return Outcome(plan, result.status, result, requested_at=requested, settled_at=datetime.now(UTC))
+        options: dict[str, Any] = {"timeout_in_minutes": args.timeout_in_minutes, "wait": False}
         if plan.operation == CREATE:
-            result = create_customer(
-                client, row.company_id, plan.connection_id, plan.body, idempotency_key=plan.row_key, **polling
-            )
+            options["idempotency_key"] = plan.row_key
+            sent = create_customer(client, row.company_id, plan.connection_id, plan.body, **options)
         else:
-            result = update_customer(
-                client,
-                row.company_id,
-                plan.connection_id,
-                str(row.customer_id),
-                plan.body,
-                force_update=args.force_update,
-                **polling,
+            options["force_update"] = args.force_update
+            customer_id = str(row.customer_id)
+            sent = update_customer(
+                client, row.company_id, plan.connection_id, customer_id, plan.body, **options
             )
+        journal.accepted(plan.row_key, sent.push_operation_key)
+        result = sent
+        if sent.status == PENDING:
+            operation = wait_for_push(
+                client, row.company_id, sent.push_operation_key, just_pushed=True, **polling
+            )
+            result = PushResult.from_operation(operation)
     except (CodatApiError, TimeoutError) as exc:
         return Outcome(plan, "Error", error=str(exc), requested_at=requested, settled_at=datetime.now(UTC))
     return Outcome(plan, result.status, result, requested_at=requested, settled_at=datetime.now(UTC))
 
 
-def push_all(client: CodatClient, plans: list[PlannedPush], args: argparse.Namespace) -> list[Outcome]:
-    """Every plan pushed, `--concurrency` at a time, with a progress line on stderr every few seconds."""
+def push_all(
+    client: CodatClient, plans: list[PlannedPush], args: argparse.Namespace, journal: PushJournal
+) -> list[Outcome]:
+    """Every plan pushed, `--concurrency` at a time, with a progress line on stderr every few seconds.
+
+    A plan whose push an earlier, killed run had Codat accept (`journal`) is followed, not sent.
+    """
     outcomes: list[Outcome] = []
     shown = time.monotonic()
+    accepted = journal.read()
     with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-        futures = [pool.submit(push_one, client, plan, args) for plan in plans]
+        futures = [
+            pool.submit(push_one, client, plan, args, journal, accepted.get(plan.row_key)) for plan in plans
+        ]
         for future in as_completed(futures):
             outcomes.append(future.result())
             if args.quiet or (time.monotonic() - shown < PROGRESS_SECONDS and len(outcomes) < len(futures)):
@@ -312,7 +377,8 @@ def push_rows(args: argparse.Namespace, rows: list[PushRow], pipeline: dlt.Pipel
             f"{len(invalid)} invalid; nothing sent"
         )
         return EXIT_COMPANY_FAILED if invalid else EXIT_OK
-    outcomes = push_all(client, to_send, args)
+    journal = PushJournal(lock_path(pipeline.pipelines_dir, pipeline.pipeline_name).with_suffix(".journal"))
+    outcomes = push_all(client, to_send, args, journal)
     outcomes += [Outcome(plan, INVALID) for plan in invalid]
     if outcomes:
         pipeline.run(
@@ -322,6 +388,7 @@ def push_rows(args: argparse.Namespace, rows: list[PushRow], pipeline: dlt.Pipel
             primary_key="row_key",
             columns=RESULT_COLUMNS,
         )
+    journal.clear()
     failed = [o for o in outcomes if o.status not in (SUCCESS, INVALID)]
     for outcome in failed:
         reason = (

@@ -113,6 +113,11 @@ class PushLedger:
             self.operations.clear()
             self._replays.clear()
 
+    def forget_idempotency_keys(self) -> None:
+        """Forget every idempotency key, as Codat has 90 minutes after each request; operations stay."""
+        with self._lock:
+            self._replays.clear()
+
     def record(self, operation: PushOperation) -> None:
         """Track a new operation."""
         with self._lock:

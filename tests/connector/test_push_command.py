@@ -599,3 +599,48 @@ def results_table_exists(tmp_path: Path) -> bool:
     with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
         tables = con.sql("SELECT table_name FROM information_schema.tables").fetchall()
     return ("push_results",) in tables
+
+
+KILL_BEFORE_SIXTH_CREATE = """
+import sys
+from tests.killpoint import install
+install("connector.push_cli:create_customer", 6)
+from connector.push_cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_a_push_killed_then_rerun_after_codat_forgot_its_idempotency_keys_creates_each_customer_once(
+    push_env, tmp_path, capsys
+):
+    """The rerun follows the pushes the killed run had Codat accept (its journal), whenever it comes."""
+    company = company_on(push_env, "Xero")
+    rows = new_customers(push_env, company.id, "Journaled", 8)
+    source = write_csv(tmp_path / "new.csv", rows)
+    before = names_in_codat(push_env, company.id)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    one_at_a_time = [*push_command(tmp_path, source), "--concurrency", "1"]
+
+    killed = children.run(
+        [sys.executable, "-c", KILL_BEFORE_SIXTH_CREATE, *one_at_a_time],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(push_env.ledger.operations) == 5  # five creates taken, the sixth never sent
+    push_env.ledger.forget_idempotency_keys()  # 90 minutes later, as far as Codat knows
+
+    rerun = main(push_command(tmp_path, source))
+    out = capsys.readouterr().out
+    push_env.sync(company.id)
+
+    assert rerun == 0
+    assert "pushed: 8 succeeded, 0 failed, 0 invalid, 0 pushed before" in out
+    assert len(push_env.ledger.operations) == 8  # the five followed, three sent
+    created = sorted(n for n in names_in_codat(push_env, company.id) if n not in before)
+    assert created == sorted(r["customer_name"] for r in rows)  # each once
+    assert [r[2] for r in results(tmp_path)] == ["Success"] * 8
+    assert not list((tmp_path / "pipelines").glob("*.journal"))  # cleared once the outcomes loaded
