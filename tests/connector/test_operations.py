@@ -307,6 +307,33 @@ def test_a_relative_duckdb_file_is_resolved_against_the_current_folder(
 # -- a run killed, then finished by the next ------------------------------------------------
 
 
+def sync_child(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`codat-sync` with these arguments, in a child process."""
+    return children.run(
+        [sys.executable, "-m", "connector.cli", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def second_run_killed(
+    emulator: Emulator, base_url: str, tmp_path: Path, target: str, call: int
+) -> tuple[dict[str, str], list[str], set[str]]:
+    """A clean first run, 5 customers of the first company modified, then a run killed on the
+    `call`-th call of `target`; returns the runs' environment and arguments, and the modified ids."""
+    env = environment(base_url, tmp_path, SOURCES__CODAT__BACKOFF_FACTOR="0.01")
+    command = ["--quiet", *warehouse_args(tmp_path)]
+    first = children.run([sys.executable, "-m", "connector.cli", *command], env=env, capture_output=True)
+    assert first.returncode == 0, first.stderr
+    changed = set(emulator.store.mutate(readable(emulator)[0].id, "modify", count=5))
+    killpoint = [sys.executable, str(REPO / "tests" / "killpoint.py"), target, str(call)]
+    killed = children.run([*killpoint, "--", *command], env=env, capture_output=True, text=True, timeout=180)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    return env, command, changed
+
+
 def test_a_run_killed_between_normalizing_and_deleting_its_extract_is_finished_by_the_next(
     emulator: Emulator, base_url: str, tmp_path: Path
 ) -> None:
@@ -315,22 +342,11 @@ def test_a_run_killed_between_normalizing_and_deleting_its_extract_is_finished_b
     Found by `test_chaos.py`: every later run built the package again and failed on the move.
     Only a run after a first one meets it (a first run's rerun starts its working folder afresh).
     """
-    env = environment(base_url, tmp_path, SOURCES__CODAT__BACKOFF_FACTOR="0.01")
-    command = ["--quiet", *warehouse_args(tmp_path)]
-    first = children.run([sys.executable, "-m", "connector.cli", *command], env=env, capture_output=True)
-    assert first.returncode == 0, first.stderr
-    company = readable(emulator)[0]
-    emulator.store.mutate(company.id, "modify", count=5)
     # The second call: normalize deletes `load/new/<id>` (a retry's leftover), moves the package
     # it built to `load/normalized/`, then deletes `normalize/extracted/<id>`.
-    killpoint = [
-        sys.executable,
-        str(REPO / "tests" / "killpoint.py"),
-        "dlt.common.storages.load_package:PackageStorage.delete_package",
-        "2",
-    ]
-    killed = children.run([*killpoint, "--", *command], env=env, capture_output=True, text=True, timeout=180)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    env, command, _ = second_run_killed(
+        emulator, base_url, tmp_path, "dlt.common.storages.load_package:PackageStorage.delete_package", 2
+    )
     working = tmp_path / "pipelines" / "codat"
     extracted = {p.name for p in (working / "normalize" / "extracted").iterdir()}
     normalized = {p.name for p in (working / "load" / "normalized").iterdir()}
@@ -338,13 +354,7 @@ def test_a_run_killed_between_normalizing_and_deleting_its_extract_is_finished_b
     assert extracted == normalized
 
     for _ in range(2):  # the rerun finishes it; the one after finds nothing left
-        rerun = children.run(
-            [sys.executable, "-m", "connector.cli", *command],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        rerun = sync_child(command, env)
         assert rerun.returncode == 0, rerun.stderr
         assert_exact(tmp_path, emulator)
     lines = rerun.stdout.splitlines()
@@ -357,28 +367,12 @@ def test_a_run_killed_between_normalizing_and_deleting_its_extract_is_finished_b
 def test_the_run_that_finishes_a_killed_runs_load_reports_what_it_held(
     emulator: Emulator, base_url: str, tmp_path: Path
 ) -> None:
-    env = environment(base_url, tmp_path, SOURCES__CODAT__BACKOFF_FACTOR="0.01")
-    command = ["--quiet", *warehouse_args(tmp_path)]
-    first = children.run([sys.executable, "-m", "connector.cli", *command], env=env, capture_output=True)
-    assert first.returncode == 0, first.stderr
-    company = readable(emulator)[0]
-    changed = set(emulator.store.mutate(company.id, "modify", count=5))
-    killpoint = [
-        sys.executable,
-        str(REPO / "tests" / "killpoint.py"),
-        "dlt.pipeline.pipeline:Pipeline.load",
-        "1",
-    ]
-    killed = children.run([*killpoint, "--", *command], env=env, capture_output=True, text=True, timeout=180)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-
-    rerun = children.run(
-        [sys.executable, "-m", "connector.cli", *command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
+    env, command, changed = second_run_killed(
+        emulator, base_url, tmp_path, "dlt.pipeline.pipeline:Pipeline.load", 1
     )
+    company = readable(emulator)[0]
+
+    rerun = sync_child(command, env)
 
     assert rerun.returncode == 0, rerun.stderr
     lines = rerun.stdout.splitlines()

@@ -558,6 +558,20 @@ def test_a_push_while_another_process_has_the_duckdb_file_open_exits_5_having_se
     assert list(push_env.request_log) == []
 
 
+def killed_push(tmp_path: Path, script: str, arguments: list[str]) -> None:
+    """`codat-push` with `arguments` in a child that `script` (a kill point, then the command) kills."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed = children.run(
+        [sys.executable, "-c", script, *arguments],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+
 KILL_AT_RESULTS_LOAD = """
 import sys
 from tests.killpoint import install
@@ -571,17 +585,8 @@ def test_a_push_killed_while_loading_its_results_is_not_sent_again_by_the_rerun(
     """The rerun loads the outcomes the killed run had extracted before it reads which rows are done."""
     company = company_on(push_env, "Xero")
     source = write_csv(tmp_path / "new.csv", new_customers(push_env, company.id, "Loaded Late", 3))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
-    killed = children.run(
-        [sys.executable, "-c", KILL_AT_RESULTS_LOAD, *push_command(tmp_path, source)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    killed_push(tmp_path, KILL_AT_RESULTS_LOAD, push_command(tmp_path, source))
     assert len(push_env.ledger.operations) == 3  # every create was taken before the kill
     assert not (tmp_path / "wh.duckdb").exists() or not results_table_exists(tmp_path)
     sent = len(pushes_sent(push_env))
@@ -618,18 +623,9 @@ def test_a_push_killed_then_rerun_after_codat_forgot_its_idempotency_keys_create
     rows = new_customers(push_env, company.id, "Journaled", 8)
     source = write_csv(tmp_path / "new.csv", rows)
     before = names_in_codat(push_env, company.id)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     one_at_a_time = [*push_command(tmp_path, source), "--concurrency", "1"]
 
-    killed = children.run(
-        [sys.executable, "-c", KILL_BEFORE_SIXTH_CREATE, *one_at_a_time],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    killed_push(tmp_path, KILL_BEFORE_SIXTH_CREATE, one_at_a_time)
     assert len(push_env.ledger.operations) == 5  # five creates taken, the sixth never sent
     push_env.ledger.forget_idempotency_keys()  # 90 minutes later, as far as Codat knows
 
