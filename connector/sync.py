@@ -390,8 +390,9 @@ class RunSteps:
     def run(self, pipeline: dlt.Pipeline, source: DltSource, report: RunReport, full_refresh: bool) -> None:
         """Finish what an interrupted run left, extract, load, then the repairs and views after it."""
         repair = self.recover(pipeline)
-        counted, live = self.extract(pipeline, source, report, full_refresh)
+        counted = self.extract(pipeline, source, report, full_refresh)
         with one_duckdb_connection(pipeline, self.duckdb):
+            live = Counter[str]() if full_refresh else self.count_before(pipeline, counted)
             self.load(pipeline)
             self.after_load(pipeline, counted, live, repair)
 
@@ -406,11 +407,10 @@ class RunSteps:
 
     def extract(
         self, pipeline: dlt.Pipeline, source: DltSource, report: RunReport, full_refresh: bool
-    ) -> tuple[list[str] | None, Counter[str]]:
+    ) -> list[str] | None:
         """Extract the source and the run's `sync_status` rows into one package.
 
-        Returns the companies the counts are scoped to (a shard's; None: every company) and the
-        live attachments per company before the load.
+        Returns the companies the counts are scoped to (a shard's; None: every company).
         """
         options: dict[str, Any] = {"loader_file_format": _file_formats(pipeline, source)}
         if full_refresh:
@@ -422,15 +422,17 @@ class RunSteps:
                 [source, self._status(source, report)], schema=source.schema, **options
             )
             self.load_id = extracted.loads_ids[-1] if extracted.loads_ids else None
-            # Counted now that the run's companies are known (nothing is loaded yet): a shard
-            # counts its own, as other shards may be loading the same tables meanwhile.
-            counted = list(report.companies) if self.shards > 1 else None
-            if full_refresh:
-                return counted, Counter()
-            with destination_tables(pipeline) as before:
-                self.counted_before = count_customers(before, counted)
-                live = live_attachments(before, counted)
-        return counted, live
+        # A shard counts its own companies, as other shards may be loading the same tables.
+        return list(report.companies) if self.shards > 1 else None
+
+    def count_before(self, pipeline: dlt.Pipeline, counted: list[str] | None) -> Counter[str]:
+        """Count the customers before the load; returns the live attachments per company.
+
+        Counted once the run's companies are known, on the connection the load then takes.
+        """
+        with destination_tables(pipeline) as before:
+            self.counted_before = count_customers(before, counted)
+            return live_attachments(before, counted)
 
     def load(self, pipeline: dlt.Pipeline) -> None:
         """Normalize and load the run's package."""
