@@ -30,6 +30,12 @@ logger = logging.getLogger(__name__)
 LOADED = "loaded"  # the marker's text for a package whose jobs all ran (else "aborted")
 
 
+def finish_kill_leftovers(pipeline: dlt.Pipeline) -> list[str]:
+    """Finish both, before dlt normalizes or loads what is pending; returns the load ids archived."""
+    finish_normalizing(pipeline)
+    return finish_archiving(pipeline)
+
+
 def finish_normalizing(pipeline: dlt.Pipeline) -> list[str]:
     """Delete the extracted copies of packages a kill left normalized; returns their load ids.
 

@@ -53,6 +53,7 @@ from connector.exits import (
     stop_exit_code,
 )
 from connector.lock import destination_lock, lock_path, pipeline_lock
+from connector.packages import finish_kill_leftovers
 from connector.push import PENDING, PushResult, create_customer, update_customer, wait_for_push
 from connector.pushes import CREATE, MODES, PlannedPush, PushRow, planned, read_rows, to_push_row
 from connector.settings import resolve_settings
@@ -222,26 +223,23 @@ def push_one(
     polling: dict[str, Any] = {"poll_interval": args.poll_interval, "timeout": args.push_timeout}
     try:
         if accepted is not None:
-            operation = wait_for_push(client, row.company_id, accepted, **polling)
-            result = PushResult.from_operation(operation)
-            return Outcome(plan, result.status, result, requested_at=requested, settled_at=datetime.now(UTC))
-        options: dict[str, Any] = {"timeout_in_minutes": args.timeout_in_minutes, "wait": False}
-        if plan.operation == CREATE:
-            options["idempotency_key"] = plan.row_key
-            sent = create_customer(client, row.company_id, plan.connection_id, plan.body, **options)
+            result = PushResult.from_operation(wait_for_push(client, row.company_id, accepted, **polling))
         else:
-            options["force_update"] = args.force_update
-            customer_id = str(row.customer_id)
-            sent = update_customer(
-                client, row.company_id, plan.connection_id, customer_id, plan.body, **options
-            )
-        journal.accepted(plan.row_key, sent.push_operation_key)
-        result = sent
-        if sent.status == PENDING:
-            operation = wait_for_push(
-                client, row.company_id, sent.push_operation_key, just_pushed=True, **polling
-            )
-            result = PushResult.from_operation(operation)
+            options: dict[str, Any] = {"timeout_in_minutes": args.timeout_in_minutes, "wait": False}
+            if plan.operation == CREATE:
+                options["idempotency_key"] = plan.row_key
+                result = create_customer(client, row.company_id, plan.connection_id, plan.body, **options)
+            else:
+                options["force_update"] = args.force_update
+                customer_id = str(row.customer_id)
+                result = update_customer(
+                    client, row.company_id, plan.connection_id, customer_id, plan.body, **options
+                )
+            journal.accepted(plan.row_key, result.push_operation_key)
+            if result.status == PENDING:
+                key = result.push_operation_key
+                operation = wait_for_push(client, row.company_id, key, just_pushed=True, **polling)
+                result = PushResult.from_operation(operation)
     except (CodatApiError, TimeoutError) as exc:
         return Outcome(plan, "Error", error=str(exc), requested_at=requested, settled_at=datetime.now(UTC))
     return Outcome(plan, result.status, result, requested_at=requested, settled_at=datetime.now(UTC))
@@ -293,7 +291,8 @@ def make_pipeline(args: argparse.Namespace) -> dlt.Pipeline:
 def settled_keys(pipeline: dlt.Pipeline) -> set[str]:
     """The rows an earlier run pushed with success.
 
-    The outcomes a killed run had extracted but not loaded are loaded first, so that its rows
+    The outcomes a killed run had extracted but not loaded are loaded first (what a kill left
+    between two of dlt's file steps finished first, as for `codat-sync`), so that its rows
     are not sent again; then the schema is restored from the destination if this folder has
     none. (dlt's `run` restores first, and a destination that holds no load yet makes it wipe
     the working folder, outcomes and all.) A destination without SQL cannot say: its rows are
@@ -302,6 +301,7 @@ def settled_keys(pipeline: dlt.Pipeline) -> set[str]:
     Raises:
         DestinationUnusable: `push_results` is there but cannot be read (nothing is sent).
     """
+    finish_kill_leftovers(pipeline)
     if pipeline.list_extracted_load_packages():
         pipeline.normalize()
     if pipeline.list_normalized_load_packages():

@@ -30,7 +30,7 @@ from connector.listings import added_attachments, live_attachments, record_chang
 from connector.lock import destination_lock, lock_path, pipeline_lock
 from connector.memory import keep_memory_flat, release_free_memory
 from connector.pacing import DISK_FULL, StopSwitch
-from connector.packages import finish_archiving, finish_normalizing
+from connector.packages import finish_kill_leftovers
 from connector.records import LISTINGS_TABLE
 from connector.settings import CodatSettings, resolve_settings
 from connector.source import LISTERS, codat_source
@@ -254,8 +254,7 @@ def finish_interrupted(pipeline: dlt.Pipeline) -> list[str]:
     completed but not archived. Returns summary lines on the finished
     packages, from the `sync_status` rows they held when the interrupted run got that far.
     """
-    finish_normalizing(pipeline)
-    archived = finish_archiving(pipeline)
+    archived = finish_kill_leftovers(pipeline)
     info = pipeline.run()
     ids = [*archived, *(info.loads_ids if info is not None else [])]
     if not ids:
