@@ -26,9 +26,9 @@ from connector.emulator.launch import EmulatorStartError, emulator_process
 from connector.exits import EXIT_OK
 
 SEED, COMPANIES, CUSTOMERS = 7, 3, 2000
-# Codat allows 1,000 requests a minute; the demo's emulator allows 1,000 every 6 s (and the sync
+# Codat allows 1,000 requests a minute; the demo's emulator allows 1,000 every 2 s (and the sync
 # paces itself to that), so the first run's 2,000 attachment listings take seconds, not minutes.
-RATE_WINDOW = "6"
+RATE_WINDOW = "2"
 # Codat's daily quota for 3 companies is 4,000 requests; run 3 lists every customer's attachments
 # again on the same "day" as run 1, which a real account spreads over a week (the rolling refresh).
 DAILY_LIMIT = "20000"
