@@ -83,6 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--hard-delete", action="store_true", help="remove deleted customers and removed attachments"
     )
     parser.add_argument(
+        "--history",
+        action="store_true",
+        help="keep every version of a customer, with valid_from and valid_to (see the README)",
+    )
+    parser.add_argument(
         "--strict", action="store_true", help="exit 1 when a company is not ready in Codat (409)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress display (on stderr)")
@@ -133,6 +138,8 @@ def source_options(args: argparse.Namespace) -> dict[str, Any]:
         options["hard_delete"] = True
     if args.refresh_attachments:
         options["refresh_attachments"] = True
+    if args.history:
+        options["history"] = True
     return options
 
 

@@ -107,6 +107,7 @@ class CodatSettings(BaseConfiguration):
     files_url: str = DEFAULT_FILES_URL
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     hard_delete: bool = False
+    history: bool = False
     attachment_refresh_days: float = DEFAULT_REFRESH_DAYS
     refresh_attachments: bool = False
     since: str | None = None
@@ -147,6 +148,7 @@ class CodatSettings(BaseConfiguration):
         _at_least("breaker_failures", self.breaker_failures, 1)
         _at_least("shards", self.shards, 1)
         _between("shard", self.shard, 0, self.shards - 1)
+        self._check_history()
         for name in ("quota_reserve", "max_retry_wait", "backoff_factor", "breaker_seconds"):
             if not getattr(self, name) >= 0:
                 raise InvalidOption(f"{setting(name)} must be 0 or more; got {getattr(self, name)}")
@@ -158,6 +160,20 @@ class CodatSettings(BaseConfiguration):
         self._check_rate()
         self._check_timeouts()
         self.window()  # since and until
+
+    def _check_history(self) -> None:
+        if not self.history:
+            return
+        if self.hard_delete:
+            raise InvalidOption(
+                f"{setting('history')} keeps a deleted customer as its last version, and "
+                f"{setting('hard_delete')} removes it: turn one of them off"
+            )
+        if self.shards > 1:
+            raise InvalidOption(
+                f"{setting('history')} is not available for company shards yet ({setting('shards')} "
+                f"is {self.shards}): run without shards, or without history"
+            )
 
     def _check_rate(self) -> None:
         if self.requests_per_minute is None:

@@ -20,6 +20,7 @@ from connector.customers import CustomerSync, accounting_connection_ids
 from connector.defaults import PAGES_HELD_AT_ONCE
 from connector.errors import CodatApiError, InvalidOption
 from connector.files import FileStore
+from connector.history import HISTORY_COLUMNS
 from connector.placement import shard_of
 from connector.progress import Progress
 from connector.readers import CompanyReaders
@@ -113,6 +114,7 @@ def codat_source(
     files_url: str = CodatSettings.files_url,
     max_file_size: int = CodatSettings.max_file_size,
     hard_delete: bool = CodatSettings.hard_delete,
+    history: bool = CodatSettings.history,
     attachment_refresh_days: float = CodatSettings.attachment_refresh_days,
     refresh_attachments: bool = CodatSettings.refresh_attachments,
     since: str | None = CodatSettings.since,
@@ -159,6 +161,8 @@ def codat_source(
         max_file_size: Files larger than this many bytes are not downloaded.
         hard_delete: Remove deleted customers (`metadata.isDeleted`), and attachments a later
             listing no longer returns, instead of keeping them with `is_deleted = true`.
+        history: Keep every version of a customer, each with `valid_from` and `valid_to`
+            (`connector.history`), instead of the latest alone. SQL destinations only.
         attachment_refresh_days: List every customer's attachments again at least once in this
             many days (the rolling refresh: Codat stamps no date when an attachment is added
             or removed); each run takes its share, after the changed customers. 0: off.
@@ -260,6 +264,10 @@ def codat_source(
     customer_columns = {**CUSTOMER_COLUMNS}
     if hard_delete:
         customer_columns["is_deleted"] = {**CUSTOMER_COLUMNS["is_deleted"], "hard_delete": True}
+    if history:  # every version appended, and settled after the load (`connector.history`)
+        customer_columns.update(HISTORY_COLUMNS)
+        # which of a load's rows of a customer wins is the settling's, not a merge's
+        customer_columns["extracted_at"] = {"data_type": "timestamp", "nullable": True}
 
     @dlt.resource
     def customers() -> Iterator[Any]:
@@ -305,7 +313,9 @@ def codat_source(
             create_table_variant=True,
         )
     customers.apply_hints(
-        primary_key=("company_id", "id"), write_disposition="merge", columns=customer_columns
+        primary_key=("company_id", "id"),
+        write_disposition="append" if history else "merge",
+        columns=customer_columns,
     )
 
     attachment_columns = {**ATTACHMENT_COLUMNS, **(FILE_COLUMNS if download_files else {})}

@@ -24,8 +24,9 @@ from connector.destinations import (
     one_duckdb_connection,
 )
 from connector.disk import describe_full_disk, full_disk_path
-from connector.errors import RunStopped
+from connector.errors import InvalidOption, RunStopped
 from connector.exits import EXIT_COMPANY_FAILED, EXIT_OK, EXIT_QUOTA_SPENT, stop_exit_code
+from connector.history import VALID_TO, keeps_history, settle_history, switch_history
 from connector.listings import added_attachments, live_attachments, record_changes, retire_unlisted
 from connector.lock import destination_lock, lock_path, pipeline_lock
 from connector.memory import keep_memory_flat, release_free_memory
@@ -36,7 +37,7 @@ from connector.settings import CodatSettings, resolve_settings
 from connector.source import LISTERS, codat_source
 from connector.status import FAILED, NOT_READY, OK, STATUS_COLUMNS, STATUS_KEY, STATUSES, RunReport
 from connector.views import create_views, prune_child_rows
-from connector.warehouse import Tables, destination_tables, in_list, read_table
+from connector.warehouse import Tables, destination_tables, holds_sql, in_list, read_table
 
 logger = logging.getLogger(__name__)
 
@@ -166,17 +167,23 @@ class CustomerCounts:
     deleted: int = 0
 
 
-def count_customers(tables: Tables, company_ids: list[str] | None = None) -> CustomerCounts:
-    """Distinct customers in the destination (appending destinations keep every version).
+def count_customers(
+    tables: Tables, company_ids: list[str] | None = None, history: bool = False
+) -> CustomerCounts:
+    """Distinct customers in the destination (appending destinations and history keep every version).
 
     Args:
         tables: The destination's tables.
         company_ids: Count only these companies' customers (a shard's, while other shards load
             the same dataset); None: every customer.
+        history: The table keeps every version (`connector.history`): count the current ones.
     """
     if company_ids == []:
         return CustomerCounts()
-    where = f"WHERE {in_list('company_id', company_ids)}" if company_ids else ""
+    conditions = [in_list("company_id", company_ids)] if company_ids else []
+    if history:
+        conditions.append(f"{VALID_TO} IS NULL")
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     rows = tables.read(
         "customers",
         lambda table: (
@@ -330,6 +337,12 @@ def run_sync(
     if settings is not None and source_options:
         raise TypeError("run_sync takes settings or source options, not both")
     settings = settings if settings is not None else resolve_settings(**source_options)
+    if settings.history and not holds_sql(pipeline):
+        kind = pipeline.destination.destination_name
+        raise InvalidOption(
+            f"history keeps its versions with SQL after each load, which the {kind} destination has "
+            "not: load into DuckDB, PostgreSQL or another SQL destination, or turn history off"
+        )
     keep_memory_flat()
     duckdb_credentials = duckdb_file_credentials(pipeline)
     database = None if duckdb_credentials is None else Path(duckdb_credentials.database)
@@ -341,7 +354,12 @@ def run_sync(
             check_duckdb_file(database)
         report = RunReport(stop=stop or StopSwitch())
         source = codat_source(settings=settings, report=report)
-        done = RunSteps(shards=settings.shards, hard_delete=settings.hard_delete, duckdb=duckdb_credentials)
+        done = RunSteps(
+            shards=settings.shards,
+            hard_delete=settings.hard_delete,
+            history=settings.history,
+            duckdb=duckdb_credentials,
+        )
         try:
             done.run(pipeline, source, report, full_refresh)
         except Exception as exc:
@@ -361,6 +379,8 @@ class RunSteps:
 
     shards: int = 1
     hard_delete: bool = False
+    history: bool = False
+    kept_history: bool = False  # whether the customers table kept versions before this run's load
     duckdb: DuckDbCredentials | None = None  # the DuckDB file's, if the destination is one
     interrupted: list[str] = field(default_factory=list)
     steps: dict[str, float] = field(default_factory=dict)  # seconds of extract, normalize, load
@@ -389,6 +409,7 @@ class RunSteps:
     def run(self, pipeline: dlt.Pipeline, source: DltSource, report: RunReport, full_refresh: bool) -> None:
         """Finish what an interrupted run left, extract, load, then the repairs and views after it."""
         repair = self.recover(pipeline)
+        self.kept_history = switch_history(pipeline, self.history, full_refresh)
         counted = self.extract(pipeline, source, report, full_refresh)
         with one_duckdb_connection(pipeline, self.duckdb):
             live = Counter[str]() if full_refresh else self.count_before(pipeline, counted)
@@ -430,7 +451,7 @@ class RunSteps:
         Counted once the run's companies are known, on the connection the load then takes.
         """
         with destination_tables(pipeline) as before:
-            self.counted_before = count_customers(before, counted)
+            self.counted_before = count_customers(before, counted, self.kept_history)
             return live_attachments(before, counted)
 
     def load(self, pipeline: dlt.Pipeline) -> None:
@@ -446,7 +467,8 @@ class RunSteps:
     ) -> None:
         """Count, prune replaced child rows, retire unlisted attachments, record them, make the views."""
         with destination_tables(pipeline) as loaded:
-            self.counts = (self.counted_before, count_customers(loaded, counted))
+            settle_history(loaded, repair=repair.exists())
+            self.counts = (self.counted_before, count_customers(loaded, counted, keeps_history(loaded)))
             prune_child_rows(loaded, repair=repair.exists(), company_ids=counted)
             repair.unlink(missing_ok=True)
             listed = live_attachments(loaded, counted)

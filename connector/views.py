@@ -8,8 +8,9 @@ from dlt.common.destination.exceptions import SqlClientNotAvailable
 from dlt.destinations.sql_client import SqlClientBase
 
 from connector.batches import CHILD_TABLES, CUSTOMER_COLUMNS, child_columns
+from connector.history import keeps_history
 from connector.records import ATTACHMENT_COLUMNS
-from connector.warehouse import Tables, in_list
+from connector.warehouse import Tables, collapse_twice_loaded, in_list
 
 CURRENT_CUSTOMERS = """
 SELECT {customer_columns},
@@ -27,7 +28,7 @@ LEFT JOIN (
     ) AS n
     FROM {contacts} k
 ) k ON k._dlt_parent_id = c._dlt_id AND k.n = 1
-WHERE NOT c.is_deleted
+WHERE NOT c.is_deleted{current}
 """
 
 # Attachments Codat still lists, of customers not deleted: a deleted customer takes its
@@ -36,8 +37,28 @@ ATTACHMENTS_WITH_CUSTOMERS = """
 SELECT {attachment_columns}, c.customer_name
 FROM {attachments} t
 JOIN {customers} c ON c.company_id = t.company_id AND c.id = t.customer_id
-WHERE {live} AND c.is_deleted IS NOT TRUE
+WHERE {live} AND c.is_deleted IS NOT TRUE{current}
 """
+
+# With history: every version of every customer, and when each was the current one.
+CUSTOMERS_HISTORY = """
+SELECT {customer_columns}, c.is_deleted, c.valid_from, c.valid_to, c._dlt_id AS version_id
+FROM {customers} c
+WHERE c.valid_from IS NOT NULL
+"""
+# "As of T": the customers as the warehouse held them at T (a deletion: the customer is gone).
+AS_OF = "valid_from <= t AND (valid_to IS NULL OR valid_to > t) AND NOT is_deleted"
+AS_OF_FUNCTIONS = {
+    "duckdb": (
+        "DROP MACRO TABLE IF EXISTS {function}",
+        "CREATE MACRO {function}(t) AS TABLE SELECT * FROM {view} WHERE " + AS_OF,
+    ),
+    "postgres": (
+        "DROP FUNCTION IF EXISTS {function}(timestamptz)",
+        "CREATE FUNCTION {function}(t timestamptz) RETURNS SETOF {view} LANGUAGE sql STABLE "
+        "AS $$ SELECT * FROM {view} WHERE " + AS_OF + " $$",
+    ),
+}
 
 # The views' columns, from the tables' own: Codat's customer fields (not the deletion flag the
 # view filters on, the read instant or the JSON columns), the billing address, the main contact.
@@ -47,6 +68,12 @@ CUSTOMER_FIELDS = tuple(
     if not name.startswith("_dlt")
     and name not in ("is_deleted", "extracted_at")
     and column.get("data_type") != "json"
+)
+# The history view's: every field Codat sent, the JSON ones too.
+HISTORY_FIELDS = tuple(
+    name
+    for name in CUSTOMER_COLUMNS
+    if not name.startswith("_dlt") and name not in ("is_deleted", "extracted_at")
 )
 ADDRESS_FIELDS = tuple(
     name
@@ -93,30 +120,16 @@ def prune_child_rows(tables: Tables, repair: bool = False, company_ids: list[str
             *(company_ids or []),
         )
         if repair:
-            _collapse_twice_loaded(sql, child, sql.make_qualified_table_name(f"_codat_repair_{table}"))
-
-
-def _collapse_twice_loaded(sql: SqlClientBase[Any], child: str, scratch: str) -> None:
-    """Keep one of each set of identical rows sharing a `_dlt_id` (rare: only after a kill)."""
-    twice = f"SELECT _dlt_id FROM {child} GROUP BY _dlt_id HAVING COUNT(*) > 1"
-    found = sql.execute_sql(f"SELECT COUNT(*) FROM ({twice}) d")
-    if not found or not found[0][0]:
-        return
-    with sql.begin_transaction():
-        sql.execute_sql(f"DROP TABLE IF EXISTS {scratch}")
-        sql.execute_sql(
-            f"CREATE TABLE {scratch} AS SELECT DISTINCT * FROM {child} WHERE _dlt_id IN ({twice})"
-        )
-        sql.execute_sql(f"DELETE FROM {child} WHERE _dlt_id IN (SELECT _dlt_id FROM {scratch})")
-        sql.execute_sql(f"INSERT INTO {child} SELECT * FROM {scratch}")
-        sql.execute_sql(f"DROP TABLE {scratch}")
+            collapse_twice_loaded(sql, child, sql.make_qualified_table_name(f"_codat_repair_{table}"))
 
 
 def create_views(tables: Tables) -> list[str]:
-    """(Re)create `customers_current` and `customer_attachments_with_customers`.
+    """(Re)create the views: `customers_current`, `customer_attachments_with_customers`, history's.
 
+    With history (`connector.history`), also `customers_history` and its `customers_as_of`.
     Only on SQL destinations (DuckDB, Postgres, ...) and only once the tables exist; a
-    column Codat never sent yet is selected as NULL. Returns the views created.
+    column Codat never sent yet is selected as NULL. With history, the current version of each
+    customer is the one without `valid_to`. Returns the views (and function) created.
     """
     if not tables.has("customers") or not tables.holds_sql:
         return []
@@ -133,6 +146,8 @@ def create_views(tables: Tables) -> list[str]:
 
     created = []
     q = sql.make_qualified_table_name
+    history = keeps_history(tables)
+    current = " AND c.valid_to IS NULL" if history else ""
     if tables.has("customers__contacts") and "type" in tables.columns("customers__addresses"):
         body = CURRENT_CUSTOMERS.format(
             customer_columns=columns("c", "customers", CUSTOMER_FIELDS),
@@ -141,6 +156,7 @@ def create_views(tables: Tables) -> list[str]:
             customers=q("customers"),
             addresses=q("customers__addresses"),
             contacts=q("customers__contacts"),
+            current=current,
         )
         created.append(_replace_view(sql, q("customers_current"), body, "customers_current"))
     if tables.has("customer_attachments"):
@@ -150,16 +166,33 @@ def create_views(tables: Tables) -> list[str]:
             attachments=q("customer_attachments"),
             customers=q("customers"),
             live="t.is_deleted IS NOT TRUE" if retired else "TRUE",
+            current=current,
         )
         name = "customer_attachments_with_customers"
         created.append(_replace_view(sql, q(name), body, name))
+    if history:
+        body = CUSTOMERS_HISTORY.format(
+            customer_columns=columns("c", "customers", HISTORY_FIELDS), customers=q("customers")
+        )
+        function = AS_OF_FUNCTIONS.get(sql.capabilities.sqlglot_dialect or "")
+        created.append(_replace_view(sql, q("customers_history"), body, "customers_history", function))
+        if function is not None:
+            created.append("customers_as_of")
     return created
 
 
-def _replace_view(sql: SqlClientBase[Any], qualified: str, body: str, name: str) -> str:
+def _replace_view(
+    sql: SqlClientBase[Any], qualified: str, body: str, name: str, function: tuple[str, str] | None = None
+) -> str:
+    """(Re)create a view, and the function over it (dropped first: PostgreSQL's depends on the view)."""
     # One transaction: a shard replacing the view while another does waits for it instead of
     # failing to create what the other just created (`connector.shards`).
+    names = {"function": sql.make_qualified_table_name("customers_as_of"), "view": qualified}
     with sql.begin_transaction():
+        if function is not None:
+            sql.execute_sql(function[0].format(**names))
         sql.execute_sql(f"DROP VIEW IF EXISTS {qualified}")
         sql.execute_sql(f"CREATE VIEW {qualified} AS {body}")
+        if function is not None:
+            sql.execute_sql(function[1].format(**names))
     return name

@@ -109,3 +109,24 @@ def read_table(
     """`Tables.read` for a lone query outside a step's `destination_tables`."""
     with destination_tables(pipeline) as step:
         return step.read(table, query, *args, what=what)
+
+
+def collapse_twice_loaded(sql: SqlClientBase[Any], table: str, scratch: str) -> None:
+    """Keep one of each set of identical rows sharing a `_dlt_id` in an appended table.
+
+    Rare: a run killed after the destination committed a load job but before dlt marked it
+    done has that job loaded again when the package is finished. `table` and `scratch` are
+    qualified names; `scratch` is a work table made and dropped here.
+    """
+    twice = f"SELECT _dlt_id FROM {table} GROUP BY _dlt_id HAVING COUNT(*) > 1"
+    found = sql.execute_sql(f"SELECT COUNT(*) FROM ({twice}) d")
+    if not found or not found[0][0]:
+        return
+    with sql.begin_transaction():
+        sql.execute_sql(f"DROP TABLE IF EXISTS {scratch}")
+        sql.execute_sql(
+            f"CREATE TABLE {scratch} AS SELECT DISTINCT * FROM {table} WHERE _dlt_id IN ({twice})"
+        )
+        sql.execute_sql(f"DELETE FROM {table} WHERE _dlt_id IN (SELECT _dlt_id FROM {scratch})")
+        sql.execute_sql(f"INSERT INTO {table} SELECT * FROM {scratch}")
+        sql.execute_sql(f"DROP TABLE {scratch}")

@@ -182,6 +182,13 @@ def count_customers(database: Path, company_column: str) -> int:
     return int(row[0]) if row else 0
 
 
+def count_rows(database: Path, table: str) -> int:
+    """Rows of a table of the dataset (with history, every version of `customers`)."""
+    with duckdb.connect(str(database), read_only=True) as db:
+        row = db.execute(f'SELECT COUNT(*) FROM "{DATASET}"."{table}"').fetchone()
+    return int(row[0]) if row else 0
+
+
 def count_changed(database: Path, changed: dict[str, list[str]], since: datetime) -> int:
     """How many of the changed customers DuckDB holds in their changed version.
 

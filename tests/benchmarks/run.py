@@ -35,6 +35,7 @@ from tests.benchmarks.harness import (  # noqa: E402
     Figures,
     count_changed,
     count_customers,
+    count_rows,
     fresh_workdir,
     median,
     run_child,
@@ -99,11 +100,18 @@ def say(message: str) -> None:
     print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def load_once(engine: str, emulator: EmulatorHandle, workdir: Path) -> Figures:
+def load_once(engine: str, emulator: EmulatorHandle, workdir: Path, history: bool = False) -> Figures:
     """One load in a fresh process into `workdir`'s DuckDB file; rows and requests counted outside it."""
     database = workdir / "bench.duckdb"
     emulator.clear_requests()
-    args = [engine, "--base-url", emulator.url, "--duckdb", str(database)]
+    args = [
+        engine,
+        "--base-url",
+        emulator.url,
+        "--duckdb",
+        str(database),
+        *(["--history"] if history else []),
+    ]
     child = run_child(
         "tests.benchmarks.sync_bench", [*args, "--pipelines-dir", str(workdir / "pipelines")], workdir
     )
@@ -200,6 +208,54 @@ def scale_run(companies: int, customers: int) -> Figures:
             "full": full,
             "incremental": incremental,
         }
+
+
+@benchmark("history")
+def history_cost(context: Context) -> Figures:
+    """The large scale run's full load and 1% incremental run with history off and on, side by side.
+
+    One emulator serves both warehouses, each load alternating off then on, so both read the same
+    data on the same machine at the same moment; the checks count keys and versions outside them.
+    """
+    companies, customers = context.sizes.scale_companies, context.sizes.scale_customers[1]
+    say(f"history: {customers:,} customers in {companies} companies, off and on")
+    with (
+        running_emulator(companies, customers) as emulator,
+        fresh_workdir("history-off") as off,
+        fresh_workdir("history-on") as on,
+    ):
+        readable = emulator.readable_customers()
+        expected = sum(readable.values())
+        runs: dict[str, Figures] = {}
+        for name, workdir, history in (("full_off", off, False), ("full_on", on, True)):
+            runs[name] = load_once("ours", emulator, workdir, history) | {"exact": None}
+            say(f"history: {name} {runs[name]['seconds']} s, {runs[name]['peak_rss_mib']} MiB")
+        since = datetime.now(UTC).replace(microsecond=0)
+        changed: dict[str, list[str]] = {}
+        for company, count in spread(readable, CHANGED_SHARE).items():
+            body = {"action": "modify", "company_id": company, "count": count}
+            changed |= emulator.control("POST", "mutate", body)["changed"]
+        total_changed = sum(len(ids) for ids in changed.values())
+        for name, workdir, history in (("incremental_off", off, False), ("incremental_on", on, True)):
+            runs[name] = load_once("ours", emulator, workdir, history)
+            runs[name]["changed_found"] = count_changed(workdir / "bench.duckdb", changed, since)
+            say(f"history: {name} {runs[name]['seconds']} s, {runs[name]['peak_rss_mib']} MiB")
+        versions = count_rows(on / "bench.duckdb", "customers")
+        for run in runs.values():
+            run["exact"] = (
+                run["rows"] == expected and run.get("changed_found", total_changed) == total_changed
+            )
+    return {
+        "customers": customers,
+        "companies": companies,
+        "changed": total_changed,
+        "versions_kept": versions,
+        "versions_exact": versions == expected + total_changed,
+        **runs,
+        "full_ratio": round(runs["full_on"]["seconds"] / runs["full_off"]["seconds"], 3),
+        "incremental_ratio": round(runs["incremental_on"]["seconds"] / runs["incremental_off"]["seconds"], 3),
+        "full_peak_ratio": round(runs["full_on"]["peak_rss_mib"] / runs["full_off"]["peak_rss_mib"], 3),
+    }
 
 
 @benchmark("floor")

@@ -25,8 +25,13 @@ from tests.benchmarks.rest_api_peer import codat_rest_api_source
 ENGINES = ("ours", "peer")
 
 
-def load(engine: str, base_url: str, database: Path, pipelines_dir: Path) -> dict[str, Any]:
-    """Run one load (full on a fresh pipeline, incremental on an existing one) and measure it."""
+def load(
+    engine: str, base_url: str, database: Path, pipelines_dir: Path, history: bool = False
+) -> dict[str, Any]:
+    """Run one load (full on a fresh pipeline, incremental on an existing one) and measure it.
+
+    `history` keeps every version of a customer (ours only, `connector.history`).
+    """
     # Ours as `codat-sync` configures DuckDB; the peer with dlt's defaults.
     destination = duckdb_destination(database) if engine == "ours" else dlt.destinations.duckdb(str(database))
     pipeline = dlt.pipeline(
@@ -38,7 +43,7 @@ def load(engine: str, base_url: str, database: Path, pipelines_dir: Path) -> dic
     figures: dict[str, Any] = {"engine": engine}
     started = time.perf_counter()
     if engine == "ours":
-        summary = run_sync(pipeline, api_key=API_KEY, base_url=base_url, attachments=False)
+        summary = run_sync(pipeline, api_key=API_KEY, base_url=base_url, attachments=False, history=history)
         figures["seconds"] = round(time.perf_counter() - started, 3)
         figures.update(
             reported_requests=summary.requests,
@@ -65,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--duckdb", type=Path, required=True)
     parser.add_argument("--pipelines-dir", type=Path, required=True)
+    parser.add_argument("--history", action="store_true", help="keep every version (ours only)")
     args = parser.parse_args(argv)
-    print(json.dumps(load(args.engine, args.base_url, args.duckdb, args.pipelines_dir)))
+    if args.history and args.engine != "ours":
+        parser.error("--history is the connector's (ours)")
+    print(json.dumps(load(args.engine, args.base_url, args.duckdb, args.pipelines_dir, args.history)))
     return 0
 
 
