@@ -39,6 +39,10 @@ HISTORY_COLUMNS: TTableSchemaColumns = {
 # Columns that say when and how a row was read or loaded, not what Codat holds.
 RUN_COLUMNS = frozenset({"_dlt_load_id", "_dlt_id", "extracted_at", VALID_FROM, VALID_TO})
 KEY = ("company_id", "id")
+# Customers whose versions one statement orders at a time: what a window over their rows needs
+# stays within the connector's DuckDB memory limit (`DEFAULT_DUCKDB_MEMORY_LIMIT`) when a restamp
+# gives every customer of a large account a new version at once.
+KEYS_A_BATCH = 10_000
 LOADED_AT = "to_timestamp(CAST({t}._dlt_load_id AS DOUBLE PRECISION))"  # dlt's load id is a Unix time
 
 
@@ -83,8 +87,12 @@ def switch_history(pipeline: Pipeline, history: bool, full_refresh: bool) -> boo
 def settle_history(tables: Tables, repair: bool = False) -> int:
     """Settle the customer rows loaded since the last settling; returns how many were dropped.
 
-    One transaction: killed, it leaves the rows unsettled for the next run. Nothing to do
-    (no `customers` table, or no history) costs no query.
+    One transaction: killed, it leaves the rows unsettled for the next run. Only customers with
+    more than one row and one unsettled can need more than their `valid_from` (a first load's
+    customers have one row each): they are found by one aggregate and kept in a work table, and
+    the window functions run over their rows alone, `KEYS_A_BATCH` customers at a time, comparing
+    a fingerprint of each row's fields rather than the fields, so that DuckDB keeps within its
+    memory limit however large the load.
 
     Args:
         tables: The destination's tables, after the load.
@@ -98,17 +106,32 @@ def settle_history(tables: Tables, repair: bool = False) -> int:
     if repair:
         collapse_twice_loaded(sql, customers, sql.make_qualified_table_name("_codat_repair_customers"))
     data = sorted(c for c in tables.columns("customers") if c not in RUN_COLUMNS and c not in KEY)
+    keys = sql.make_qualified_table_name("_codat_history_keys")
     with sql.begin_transaction():
-        dropped = _drop(sql, _same_load_twice(customers)) + _drop(sql, _unchanged(customers, data))
-        sql.execute_sql(_close(customers))
+        sql.execute_sql(f"DROP TABLE IF EXISTS {keys}")
+        sql.execute_sql(
+            f"CREATE TABLE {keys} AS SELECT company_id, id, "
+            f"FLOOR((ROW_NUMBER() OVER (ORDER BY company_id, id) - 1) / {KEYS_A_BATCH}.0) AS batch "
+            f"FROM (SELECT company_id, id FROM {customers} GROUP BY company_id, id HAVING COUNT(*) > 1 "
+            f"AND SUM(CASE WHEN {VALID_FROM} IS NULL THEN 1 ELSE 0 END) > 0) m"
+        )
+        found = sql.execute_sql(f"SELECT COUNT(*) FROM {keys}")
+        batches = -(-int(found[0][0]) // KEYS_A_BATCH) if found else 0
+        dropped = 0
+        joined = f"{customers} c JOIN {keys} k ON k.company_id = c.company_id AND k.id = c.id"
+        for batch in range(batches):
+            rows = f"{joined} AND k.batch = {batch}"
+            dropped += _drop(sql, customers, _same_load_twice(rows))
+            dropped += _drop(sql, customers, _unchanged(rows, data))
+            sql.execute_sql(_close(customers, rows))
         loaded_at = LOADED_AT.format(t=customers)
         sql.execute_sql(f"UPDATE {customers} SET {VALID_FROM} = {loaded_at} WHERE {VALID_FROM} IS NULL")
+        sql.execute_sql(f"DROP TABLE {keys}")
     return dropped
 
 
-def _drop(sql: SqlClientBase[Any], ids: str) -> int:
-    """Delete the rows whose `_dlt_id` the query selects; returns how many."""
-    customers = sql.make_qualified_table_name("customers")
+def _drop(sql: SqlClientBase[Any], customers: str, ids: str) -> int:
+    """Delete the unsettled rows whose `_dlt_id` the query selects; returns how many."""
     found = sql.execute_sql(f"SELECT COUNT(*) FROM ({ids}) d")
     count = int(found[0][0]) if found else 0
     if count:
@@ -116,24 +139,16 @@ def _drop(sql: SqlClientBase[Any], ids: str) -> int:
     return count
 
 
-def _touched(customers: str, alias: str) -> str:
-    """Rows of customers that have a row not settled yet."""
-    return (
-        f"EXISTS (SELECT 1 FROM {customers} u WHERE u.{VALID_FROM} IS NULL "
-        f"AND u.company_id = {alias}.company_id AND u.id = {alias}.id)"
-    )
-
-
-def _same_load_twice(customers: str) -> str:
+def _same_load_twice(rows: str) -> str:
     """The unsettled rows of a customer that one load holds a later row of."""
     return (
-        "SELECT _dlt_id FROM (SELECT _dlt_id, ROW_NUMBER() OVER (PARTITION BY company_id, id, _dlt_load_id "
-        "ORDER BY modified_date DESC NULLS LAST, extracted_at DESC NULLS LAST, _dlt_id DESC) AS n "
-        f"FROM {customers} WHERE {VALID_FROM} IS NULL) r WHERE n > 1"
+        "SELECT _dlt_id FROM (SELECT c._dlt_id, ROW_NUMBER() OVER (PARTITION BY c.company_id, c.id, "
+        "c._dlt_load_id ORDER BY c.modified_date DESC NULLS LAST, c.extracted_at DESC NULLS LAST, "
+        f"c._dlt_id DESC) AS n FROM {rows} WHERE c.{VALID_FROM} IS NULL) r WHERE n > 1"
     )
 
 
-def _order(customers: str) -> str:
+def _order() -> str:
     """A customer's rows in the order of their versions: load, then Codat's `modifiedDate`."""
     return (
         f"PARTITION BY c.company_id, c.id ORDER BY COALESCE(c.{VALID_FROM}, {LOADED_AT.format(t='c')}), "
@@ -141,22 +156,26 @@ def _order(customers: str) -> str:
     )
 
 
-def _unchanged(customers: str, data: list[str]) -> str:
+def _fingerprint(data: list[str]) -> str:
+    """One text of every field Codat sent, NULL told apart from any text (`md5` in both engines)."""
+    fields = " || '|' || ".join(f"COALESCE('v' || CAST(c.{column} AS TEXT), 'n')" for column in data)
+    return f"md5({fields})"
+
+
+def _unchanged(rows: str, data: list[str]) -> str:
     """The unsettled rows equal, in every field Codat sent, to the row before them."""
-    previous = ", ".join(f"LAG(c.{column}) OVER w AS p_{column}" for column in data)
-    same = " AND ".join(f"r.{column} IS NOT DISTINCT FROM r.p_{column}" for column in data)
     return (
-        f"SELECT _dlt_id FROM (SELECT c._dlt_id, c.{VALID_FROM}, {', '.join(f'c.{d}' for d in data)}, "
-        f"{previous}, ROW_NUMBER() OVER w AS n FROM {customers} c WHERE {_touched(customers, 'c')} "
-        f"WINDOW w AS ({_order(customers)})) r WHERE r.{VALID_FROM} IS NULL AND r.n > 1 AND {same}"
+        f"SELECT _dlt_id FROM (SELECT c._dlt_id, c.{VALID_FROM}, {_fingerprint(data)} AS f, "
+        f"LAG({_fingerprint(data)}) OVER w AS p, ROW_NUMBER() OVER w AS n FROM {rows} "
+        f"WINDOW w AS ({_order()})) r WHERE r.{VALID_FROM} IS NULL AND r.n > 1 AND r.f = r.p"
     )
 
 
-def _close(customers: str) -> str:
-    """Set each touched version's `valid_to` to the load instant of the version after it."""
+def _close(customers: str, rows: str) -> str:
+    """Set each such customer's versions' `valid_to` to the load instant of the version after them."""
     return (
         f"UPDATE {customers} SET {VALID_TO} = nx.next_from FROM (SELECT c._dlt_id, "
-        f"LEAD(COALESCE(c.{VALID_FROM}, {LOADED_AT.format(t='c')})) OVER ({_order(customers)}) AS next_from "
-        f"FROM {customers} c WHERE {_touched(customers, 'c')}) nx "
+        f"LEAD(COALESCE(c.{VALID_FROM}, {LOADED_AT.format(t='c')})) OVER ({_order()}) AS next_from "
+        f"FROM {rows}) nx "
         f"WHERE {customers}._dlt_id = nx._dlt_id AND {customers}.{VALID_TO} IS DISTINCT FROM nx.next_from"
     )

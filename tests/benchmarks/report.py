@@ -104,6 +104,7 @@ def rows(document: Document) -> list[Row]:
         ("refresh", _refresh_rows),
         ("shards", _shard_rows),
         ("push", _push_rows),
+        ("history", _history_rows),
     ):
         figures = document.get(name)
         if figures is None:
@@ -395,6 +396,30 @@ def _push_rows(figures: Document) -> Iterator[Row]:
     yield Row(
         f"... Success rows in push_results = new customers, each once ({figures['customers_created']:,})",
         figures["exact"] and figures["success_rows"] == figures["customers_created"] == figures["rows"],
+        op="==",
+        goal=True,
+        target="exact",
+    )
+
+
+def _history_rows(figures: Document) -> Iterator[Row]:
+    what = f"{figures['customers']:,} customers in {figures['companies']} companies"
+    changed = f"incremental run after {figures['changed']:,} customers (1%) changed"
+    for label, role in ((f"full load of {what}", "full"), (changed, "incremental")):
+        off, on = figures[f"{role}_off"], figures[f"{role}_on"]
+        yield Row(f"history on: {label}, off / on", f"{off['seconds']:.2f} s / {on['seconds']:.2f} s")
+        yield Row("... on against off, time", figures[f"{role}_ratio"], "×")
+        yield Row("... peak RSS off / on", f"{off['peak_rss_mib']:.0f} MiB / {on['peak_rss_mib']:.0f} MiB")
+        yield Row(
+            "... both exact (keys, and every changed customer in its new version)",
+            off["exact"] and on["exact"],
+            op="==",
+            goal=True,
+            target="exact",
+        )
+    yield Row(
+        f"history on: versions kept = customers + changes ({figures['versions_kept']:,})",
+        figures["versions_exact"],
         op="==",
         goal=True,
         target="exact",

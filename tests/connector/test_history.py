@@ -21,7 +21,7 @@ import dlt
 import duckdb
 import pytest
 
-from connector import cli
+from connector import cli, history
 from connector.emulator.emulator import Emulator
 from connector.emulator.store import utc_stamp
 from connector.errors import InvalidOption
@@ -185,9 +185,11 @@ def second_round(emulator: Emulator, deleted: str) -> None:
 # -- the tests ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("keys_a_batch", [history.KEYS_A_BATCH, 3], ids=["one-batch", "batches-of-3"])
 def test_every_version_is_kept_and_as_of_answers_what_the_api_held(
-    emulator: Emulator, base_url: str, tmp_path: Path
+    emulator: Emulator, base_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys_a_batch: int
 ) -> None:
+    monkeypatch.setattr(history, "KEYS_A_BATCH", keys_a_batch)  # settled this many customers at a time
     emulator.reset(7, 2, 30)
     warehouse = Warehouse(tmp_path, base_url)
     timeline = Timeline()
