@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from connector.emulator.store import Sizing
 from tests import killtools
 from tests.killtools import (
     Account,
@@ -19,15 +20,17 @@ from tests.killtools import (
     assert_holds_account,
     assert_rerun_equals_clean,
 )
-from tests.utils import DEFAULT_SIZING
 
-SIZING = DEFAULT_SIZING  # the module's account, served unchanged throughout (`tests/killtools.py`)
+# The module's account, served unchanged throughout (`tests/killtools.py`): a third of the default
+# one's customers, so that each run costs less, with work left at every point below.
+SIZING = Sizing(seed=7, companies=3, customers=100)
 
-# The default account (seed 7: 3 companies, 300 customers) at PAGE_SIZE makes one run call:
-# list_companies 1, PageBuilder.tables 19 (one per customer page), list_customer_attachments 300,
-# download_customer_attachment, pipe_file and mv 121, _on_response 442 (every HTTP answer);
-# Pipeline.extract 1 (the source, then `sync_status` as a second source of the same package),
-# RunReport.rows 1 (the `sync_status` rows, made within that extract), _save_state 4,
+# This account (56, 27 and 17 customers, so three pages for the largest; 32 attachments: 17, 11
+# and 4) at PAGE_SIZE makes one run call: list_companies 1, PageBuilder.tables 6 (one per customer
+# page), list_customer_attachments 100, download_customer_attachment, pipe_file and mv 32,
+# _on_response 139 (every HTTP answer; the 126th comes with about 90 listings and 28 downloads
+# done); Pipeline.extract 1 (the source, then `sync_status` as a second source of the same
+# package), RunReport.rows 1 (the `sync_status` rows, made within that extract), _save_state 4,
 # Extract.commit_packages 1, Pipeline.normalize 1, PackageStorage.delete_package 2,
 # Load.initialize_package 1, Load.submit_job 17, complete_job and save_pending_transition as many,
 # Load.complete_package 1; DuckDB commits 14, SqlLoadJob.run 6 (the merge jobs, `sync_status`'s
@@ -38,17 +41,17 @@ LOAD = "dlt.load.load:Load"
 POINTS = [
     KillPoint("companies-listing", f"{CLIENT}.list_companies", 1),
     KillPoint("customer-page-1", "connector.batches:PageBuilder.tables", 1),
-    KillPoint("customer-page-3-early", "connector.batches:PageBuilder.tables", 3),
-    KillPoint("customer-page-10-middle", "connector.batches:PageBuilder.tables", 10),
-    KillPoint("customer-page-19-last", "connector.batches:PageBuilder.tables", 19),
+    KillPoint("customer-page-2-early", "connector.batches:PageBuilder.tables", 2),
+    KillPoint("customer-page-3-middle", "connector.batches:PageBuilder.tables", 3),
+    KillPoint("customer-page-6-last", "connector.batches:PageBuilder.tables", 6),
     KillPoint("attachment-listing-1", f"{CLIENT}.list_customer_attachments", 1),
-    KillPoint("attachment-listing-150", f"{CLIENT}.list_customer_attachments", 150),
-    KillPoint("attachment-listing-300-last", f"{CLIENT}.list_customer_attachments", 300),
+    KillPoint("attachment-listing-50", f"{CLIENT}.list_customer_attachments", 50),
+    KillPoint("attachment-listing-100-last", f"{CLIENT}.list_customer_attachments", 100),
     KillPoint("file-download-1", f"{CLIENT}.download_customer_attachment", 1),
-    KillPoint("file-download-60", f"{CLIENT}.download_customer_attachment", 60),
-    KillPoint("file-write-30", "fsspec.implementations.local:LocalFileSystem.pipe_file", 30),
-    KillPoint("file-rename-90", "fsspec.implementations.local:LocalFileSystem.mv", 90),
-    KillPoint("http-answer-400", f"{CLIENT}._on_response", 400),
+    KillPoint("file-download-16", f"{CLIENT}.download_customer_attachment", 16),
+    KillPoint("file-write-8", "fsspec.implementations.local:LocalFileSystem.pipe_file", 8),
+    KillPoint("file-rename-24", "fsspec.implementations.local:LocalFileSystem.mv", 24),
+    KillPoint("http-answer-126", f"{CLIENT}._on_response", 126),
     KillPoint("extract-commit", "dlt.extract.extract:Extract.commit_packages", 1),
     KillPoint("state-commit", f"{PIPELINE_CLASS}._save_state", 3),
     KillPoint("normalize-start", f"{PIPELINE_CLASS}.normalize", 1),
@@ -90,9 +93,9 @@ unlimited, account, runs, clean = killtools.unlimited, killtools.account, killto
 
 def test_the_clean_run_holds_the_account(account: Account, clean: Snapshot) -> None:
     """The reference is checked against a model of its own, and has work in every phase to kill."""
-    assert len(account.companies) == DEFAULT_SIZING.companies
-    assert len(account.customers) == DEFAULT_SIZING.customers
-    assert len(account.attachments) == len(account.files) == 121
+    assert len(account.companies) == SIZING.companies
+    assert len(account.customers) == SIZING.customers
+    assert len(account.attachments) == len(account.files) == 32
     assert {key[0] for key in account.attachments} == set(account.companies)
     assert_holds_account(clean, account)
 
