@@ -34,24 +34,34 @@ from connector.errors import (
     InvalidOption,
     PipelineBusy,
 )
-from connector.exits import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_DISK_FULL, EXIT_SIGNAL_BASE, api_exit_code
+from connector.exits import (
+    EXIT_BAD_INPUT,
+    EXIT_BUSY,
+    EXIT_DISK_FULL,
+    EXIT_OK,
+    EXIT_SIGNAL_BASE,
+    api_exit_code,
+)
 from connector.lock import pipeline_lock
 from connector.pacing import DISK_FULL, INTERRUPTED, StopSwitch
-from connector.settings import coercion_problem, missing_problem, resolve_settings
+from connector.settings import coercion_problem, missing_problem, resolve_settings, setting
 from connector.source import dlt_logger_filtered
-from connector.sync import run_sync
+from connector.sync import SyncSummary, run_sync
+from connector.syncqueue import SyncQueue, queue_path
 
 PROGRESS_PERIOD = 2.0  # seconds between progress reports
 INTERRUPTING = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what cron wrappers, systemd and Dagster send
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Read the command line."""
-    parser = argparse.ArgumentParser(
-        prog="codat-sync",
-        description="Sync Codat customers (and their attachments) into DuckDB or any dlt destination. "
-        "The API key comes from SOURCES__CODAT__API_KEY or .dlt/secrets.toml.",
-    )
+SYNC_DESCRIPTION = (
+    "Sync Codat customers (and their attachments) into DuckDB or any dlt destination. "
+    "The API key comes from SOURCES__CODAT__API_KEY or .dlt/secrets.toml."
+)
+
+
+def build_parser(prog: str = "codat-sync", description: str = SYNC_DESCRIPTION) -> argparse.ArgumentParser:
+    """The options of a sync run (`codat-webhooks` adds its own to them)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--companies", help="comma-separated company ids (default: every company)")
     which.add_argument("--company-query", help="a Codat query on companies, e.g. 'name~Acme'")
@@ -91,7 +101,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--strict", action="store_true", help="exit 1 when a company is not ready in Codat (409)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress display (on stderr)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Read the command line."""
+    parser = build_parser()
+    parser.add_argument(
+        "--from-queue",
+        action="store_true",
+        help="sync the companies Codat's webhooks queued (codat-webhooks --no-worker), then take them off",
+    )
+    parser.add_argument("--queue", help="the queue's SQLite file (default: beside the pipeline's state)")
     args = parser.parse_args(argv)
+    if args.from_queue and (args.companies is not None or args.company_query is not None):
+        parser.error("argument --from-queue: the queue names the companies; leave out --companies")
     if args.companies is not None and not company_ids(args.companies):
         parser.error(
             f"argument --companies: {args.companies!r} names no company id; "
@@ -231,6 +255,56 @@ def quiet_full_disk() -> contextlib.AbstractContextManager[None]:
 
 def sync(args: argparse.Namespace, stop: StopSwitch) -> int:
     """One run as the command line asks for it, `stop` tripped on a signal; its exit code."""
+    if getattr(args, "from_queue", False):
+        return sync_from_queue(args, stop)
+    return run_once(args, stop)[0]
+
+
+def sync_from_queue(args: argparse.Namespace, stop: StopSwitch) -> int:
+    """Sync every company the webhooks queued, in one run; each loaded one leaves the queue."""
+    from connector.webhooks import run_companies
+
+    queue = SyncQueue(queue_file(args))
+    claims = queue.due(0.0)
+    if not claims:
+        print(f"queue {queue.path}: no company to sync")
+        return EXIT_OK
+    code, errors = run_companies(args, stop, sorted(claims))
+    for error in sorted(set(errors.values())):
+        queue.failed([c for c, e in errors.items() if e == error], error)
+    taken = queue.done({c: v for c, v in claims.items() if c not in errors})
+    print(f"queue {queue.path}: {len(taken)} companies synced and taken off, {len(queue.pending())} queued")
+    return code
+
+
+def queue_file(args: argparse.Namespace) -> Path:
+    """The queue's file: `--queue`, or beside the pipeline's lock."""
+    if args.queue:
+        return Path(args.queue)
+    return queue_path(args.pipelines_dir or get_dlt_pipelines_dir(), args.pipeline_name)
+
+
+def webhook_secret() -> str:
+    """The webhooks' signing secret from the source's configuration.
+
+    Raises:
+        InvalidOption: It is set nowhere (or a setting is bad).
+    """
+    secret = resolve_settings().webhook_secret
+    if not secret:
+        raise InvalidOption(
+            f"{setting('webhook_secret')} is not set: give the whsec_... secret of the endpoint "
+            "registered in Codat's portal (webhook_secret under [sources.codat] in .dlt/secrets.toml)"
+        )
+    return str(secret)
+
+
+def run_once(args: argparse.Namespace, stop: StopSwitch) -> tuple[int, SyncSummary | None, str | None]:
+    """One run; its exit code, its summary (None if refused or failed as a whole) and why it was."""
+
+    def refused(message: str, code: int = EXIT_BAD_INPUT) -> tuple[int, None, str]:
+        return fail(message, code), None, message
+
     pipelines_dir = args.pipelines_dir or get_dlt_pipelines_dir()
     try:
         settings = resolve_settings(**source_options(args))  # refused here, before anything is locked
@@ -238,36 +312,36 @@ def sync(args: argparse.Namespace, stop: StopSwitch) -> int:
             pipeline = make_pipeline(args)
             summary = run_sync(pipeline, full_refresh=args.full_refresh, stop=stop, settings=settings)
     except ConfigFieldMissingException as exc:  # the destination's (the source's: InvalidOption)
-        return fail(missing_problem(exc))
+        return refused(missing_problem(exc))
     except ConfigValueCannotBeCoercedException as exc:
-        return fail(coercion_problem(exc))
+        return refused(coercion_problem(exc))
     except UnknownDestinationModule:
-        return fail(
+        return refused(
             f"--destination {args.destination!r} is not a dlt destination; use duckdb, postgres, "
             "filesystem, bigquery, snowflake, ... (install its extra, e.g. '.[postgres]')"
         )
     except (PipelineBusy, DestinationLocked) as exc:
-        return fail(str(exc), EXIT_BUSY)
+        return refused(str(exc), EXIT_BUSY)
     except DestinationUnusable as exc:
-        return fail(str(exc))
+        return refused(str(exc))
     except (PipelineStepFailed, CodatApiError, InvalidOption) as exc:
-        return fail(*describe(exc))
+        return refused(*describe(exc))
     except (DestinationException, duckdb.Error) as exc:  # the DuckDB file taken mid-run, between steps
         if (problem := duckdb_lock_problem(exc)) is None:
             raise
-        return fail(problem, EXIT_BUSY)
+        return refused(problem, EXIT_BUSY)
     except OSError as exc:  # before the run's steps: its lock file, dlt's working folder
         if (path := full_disk_path(exc)) is None:
             raise
         places = {"dlt's working folder": Path(pipelines_dir), "the DuckDB file": Path(args.duckdb_file)}
-        return fail(
+        return refused(
             f"{DISK_FULL}: {describe_full_disk(path, places)}; free space there and run again", EXIT_DISK_FULL
         )
     for line in summary.lines():
         print(line)
     if summary.stopped is not None and summary.stopped.kind == DISK_FULL:
         fail(f"{summary.stopped}; free space there and run again")
-    return summary.exit_code(strict=args.strict)
+    return summary.exit_code(strict=args.strict), summary, None
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:

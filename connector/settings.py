@@ -121,6 +121,7 @@ class CodatSettings(BaseConfiguration):
     breaker_silence: float = DEFAULT_BREAKER_SILENCE
     shards: int = 1
     shard: int = 0
+    webhook_secret: TSecretStrValue | None = None  # `codat-webhooks`' signing secret (`whsec_...`)
 
     def on_resolved(self) -> None:
         """Refuse what would widen the run, spend requests on nothing, or fail once it has begun."""

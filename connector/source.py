@@ -128,6 +128,7 @@ def codat_source(
     breaker_silence: float = CodatSettings.breaker_silence,
     shards: int = CodatSettings.shards,
     shard: int = CodatSettings.shard,
+    webhook_secret: str | None = CodatSettings.webhook_secret,
     settings: CodatSettings = None,  # type: ignore[assignment]  # dlt passes the resolved spec
     report: RunReport | None = None,
 ) -> Sequence[DltResource]:
@@ -184,6 +185,8 @@ def codat_source(
         shards: Split the account's companies into this many shards (`connector.shards`);
             1: no split.
         shard: Sync only the companies of this shard, 0 to `shards` - 1.
+        webhook_secret: The `whsec_...` secret `codat-webhooks` checks deliveries with (a secret,
+            `SOURCES__CODAT__WEBHOOK_SECRET`); the source itself does not use it.
         settings: All of the above at once, resolved and checked already (`resolve_settings`):
             what `run_sync` passes, so the run and its source read the one configuration.
         report: Collects each company's outcome for `sync_status`, and holds the switch that

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 
 from connector.emulator.emulator import DEFAULT_API_KEY, Emulator
@@ -83,6 +84,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_RATE_WINDOW_SECONDS,
         help="seconds of the rolling window of --per-minute-limit (default: %(default)s)",
     )
+    parser.add_argument(
+        "--webhook-url", help="post a signed read.completed here after each read of a company"
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        default=os.environ.get("CODAT_EMULATOR_WEBHOOK_SECRET"),
+        help="the whsec_... secret the webhooks are signed with (default: $CODAT_EMULATOR_WEBHOOK_SECRET)",
+    )
     return parser.parse_args(argv)
 
 
@@ -107,6 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         window_seconds=args.rate_window,
     )
     emulator.limiter.max_concurrent = args.max_concurrent
+    if args.webhook_url:
+        if not args.webhook_secret:
+            print("--webhook-url needs --webhook-secret (or CODAT_EMULATOR_WEBHOOK_SECRET)", file=sys.stderr)
+            return 2
+        try:
+            emulator.webhooks.configure(args.webhook_url, args.webhook_secret)
+        except ValueError as exc:
+            print(f"--webhook-secret: {exc}", file=sys.stderr)
+            return 2
     try:
         server = EmulatorServer(emulator, host=args.host, port=args.port)
     except OSError as exc:

@@ -12,6 +12,7 @@ from connector.emulator.limits import RateLimiter
 from connector.emulator.model import STATUS_COMPLETE
 from connector.emulator.push import PushLedger
 from connector.emulator.store import Mutator, Store
+from connector.emulator.webhooks import WebhookSender
 from connector.emulator.wire import Request, Response
 
 CONTROL_PREFIX = "/_emulator/"
@@ -25,6 +26,7 @@ class ControlledEmulator(Protocol):
     limiter: RateLimiter
     ledger: PushLedger
     faults: FaultPlan
+    webhooks: WebhookSender
     latency: float
     latency_per_record: float
     request_log: deque[dict[str, Any]]
@@ -148,6 +150,8 @@ def _config(emulator: ControlledEmulator, body: Any) -> Any:
         emulator.ledger.delay = float(body["push_delay"])
     if "max_concurrent" in body:
         emulator.limiter.max_concurrent = int(body["max_concurrent"])
+    if "webhook_url" in body or "webhook_secret" in body:
+        emulator.webhooks.configure(body.get("webhook_url"), body.get("webhook_secret"))
     return {
         "latency": emulator.latency,
         "latency_per_record": emulator.latency_per_record,
@@ -156,6 +160,7 @@ def _config(emulator: ControlledEmulator, body: Any) -> Any:
         "max_concurrent": emulator.limiter.max_concurrent,
         "per_minute_limit": limiter.per_minute_limit,
         "window_seconds": limiter.window_seconds,
+        "webhook_url": emulator.webhooks.url,  # the secret is never echoed
     }
 
 

@@ -16,9 +16,10 @@ from connector.emulator.api import CodatApi, Match, match_route
 from connector.emulator.control import CONTROL_PREFIX, handle_control
 from connector.emulator.faults import Fault, FaultPlan
 from connector.emulator.limits import DEFAULT_RATE_WINDOW_SECONDS, REFUSALS, RateLimiter
-from connector.emulator.model import STATUS_COMPLETE
+from connector.emulator.model import STATUS_COMPLETE, Company
 from connector.emulator.push import DEFAULT_PUSH_DELAY, PushLedger
 from connector.emulator.store import Mutator, Sizing, Store, utc_stamp
+from connector.emulator.webhooks import WEBHOOK_FAULTS, WebhookSender
 from connector.emulator.wire import ERROR_TEXTS, Request, Response, error_response
 
 DEFAULT_API_KEY = "emulator-key"
@@ -112,6 +113,8 @@ class Emulator:
             window_seconds=window_seconds,
         )
         self.mutator = Mutator(self.store)
+        self.webhooks = WebhookSender()
+        self.store.on_read = self._company_read
         self.api = CodatApi(self.store, self.ledger)
         self.request_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
         self._log_lock = threading.Lock()
@@ -132,10 +135,15 @@ class Emulator:
             )
         )
         self.faults.clear()
+        self.webhooks.reset()
         self.ledger.reset()
         self.limiter.companies = len(self.store.companies)
         self.limiter.reset()
         self.clear_log()
+
+    def _company_read(self, company: Company, modified: bool) -> None:
+        connections = [c.id for c in company.accounting_connections]
+        self.webhooks.company_read(company.id, company.name, connections, modified)
 
     def clear_log(self) -> None:
         """Forget the request log (the stats are computed from it)."""
@@ -143,7 +151,10 @@ class Emulator:
             self.request_log.clear()
 
     def add_fault(self, kind: str, **options: Any) -> None:
-        """Script a fault for the next matching answers (see `Fault`)."""
+        """Script a fault for the next matching answers (see `Fault`), or the next webhooks."""
+        if kind in WEBHOOK_FAULTS:
+            self.webhooks.add_fault(kind, int(options.get("count", 1)))
+            return
         self.faults.add(Fault.from_json({"kind": kind, **options}))
 
     def sync(self, company_id: str | None = None) -> int:
@@ -153,6 +164,7 @@ class Emulator:
         without a name, every company already read is synced. Returns the records written.
         """
         applied = 0
+        changed: set[str] = set()
         stamp = utc_stamp()
         with self.store.locked():
             for operation in self.ledger.settled():
@@ -164,6 +176,7 @@ class Emulator:
                 if company is None:
                     continue
                 self.store.put_customer(company, {**operation.customer, "modifiedDate": stamp})
+                changed.add(company.id)
                 operation.applied = True
                 applied += 1
             if company_id is not None:
@@ -171,7 +184,7 @@ class Emulator:
             else:  # an account-wide sync leaves unread companies in their state
                 targets = [c for c in self.store.companies.values() if c.customers_status == STATUS_COMPLETE]
             for company in targets:
-                self.store.mark_synced(company, stamp)
+                self.store.mark_synced(company, stamp, modified=company.id in changed)
         return applied
 
     def stats(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import gc
 import json
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,6 +70,8 @@ class Store:
     full_builds: int = 0  # views sorted from scratch
     merged_builds: int = 0  # views brought up to date by `update_view`
     _rng: random.Random = field(default_factory=random.Random)
+    # Told of each simulated Codat read of a company (`mark_synced`): the emulator's webhooks.
+    on_read: Callable[[Company, bool], None] | None = None
 
     def __post_init__(self) -> None:
         self.reset(self.sizing)
@@ -206,14 +208,19 @@ class Store:
         if log:
             del log[: max(0, oldest + 1 - log[0][0])]
 
-    def mark_synced(self, company: Company, stamp: str) -> None:
-        """Record a simulated Codat sync of the company's customers at `stamp`."""
+    def mark_synced(self, company: Company, stamp: str, modified: bool = True) -> None:
+        """Record a simulated Codat sync of the company's customers at `stamp`.
+
+        `modified`: whether the sync changed customers; `on_read` (the webhooks) is told either way.
+        """
         company.last_sync = stamp
         company.customers_last_successful_sync = stamp
         company.customers_status = STATUS_COMPLETE
         self.platform_changed -= {k for k in self.platform_changed if k[0] == company.id}
         for connection in company.accounting_connections:
             connection.last_sync = stamp
+        if self.on_read is not None:
+            self.on_read(company, modified)
 
     def mutate(
         self,

@@ -226,6 +226,7 @@ def test_config_changes_and_reports_the_settings(control, emulator):
         "max_concurrent": 4,
         "per_minute_limit": 30,
         "window_seconds": 2.5,
+        "webhook_url": None,  # no webhooks (tests/emulator/test_webhooks.py sends them)
     }
     assert control.post("/_emulator/config", json=body).json() == body
     limiter = emulator.limiter
