@@ -8,12 +8,17 @@
   plan's `shards_at_once` times the workers' egress IPs, so the shards together stay within
   Codat's limit per IP (each paces itself to its part of it).
 - `codat_nightly` starts one run per shard every night.
+- With a `queue_file`, the sensor `codat_webhooks` starts a run of each shard holding companies
+  that Codat's webhooks queued (`codat-webhooks --no-worker --queue FILE`); the run takes them
+  off the queue once it has loaded them.
 
 The asset body runs the connector's own `run_sync` rather than `DagsterDltResource.run`: the
 connector writes its child tables and `sync_status` and repairs what a killed run left, which a
 bare `pipeline.run` would not. Like that resource, it drops the local state before each run.
 """
 
+import hashlib
+import json
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -32,8 +37,12 @@ from connector.exits import EXIT_OK
 from connector.placement import ShardPlan
 from connector.shards import plan_from_config, prepare_dataset, run_shard
 from connector.sync import SyncSummary
+from connector.syncqueue import SyncQueue
+from connector.webhooks import DEFAULT_DEBOUNCE_SECONDS
 
 POOL = "codat_api"
+QUEUED_TAG = "codat/queued"  # a webhook-started run's companies and their queue versions (JSON)
+SENSOR_INTERVAL = 30  # seconds between looks at the webhooks' queue
 GROUP = "codat"
 NIGHTLY = "0 2 * * *"
 DATASET_ASSET = dg.AssetKey(["codat", "dataset"])
@@ -113,11 +122,49 @@ def destination_kind(plan: ShardPlan) -> dlt.Pipeline:
     return pipeline
 
 
+def queued_run_requests(queue: SyncQueue, plan: ShardPlan, debounce: float) -> list[dg.RunRequest]:
+    """A run of each shard that holds companies the webhooks queued (and quiet for `debounce` s).
+
+    The run's tag `codat/queued` carries the companies and their queue versions, which the run
+    takes off the queue once it has loaded them. The run key is the shard and those versions: while
+    the run is under way the sensor asks for the same run, which Dagster starts only once; a new
+    event for one of its companies asks for another.
+    """
+    by_shard: dict[int, dict[str, int]] = {}
+    for company_id, version in queue.due(debounce).items():
+        by_shard.setdefault(plan.shard_of(company_id), {})[company_id] = version
+    requests = []
+    for shard, claims in sorted(by_shard.items()):
+        key = plan.partition_keys()[shard]
+        queued = json.dumps(claims, sort_keys=True)
+        digest = hashlib.sha256(queued.encode()).hexdigest()[:16]
+        requests.append(
+            dg.RunRequest(run_key=f"{key}-{digest}", partition_key=key, tags={QUEUED_TAG: queued})
+        )
+    return requests
+
+
+def take_off_queue(queue: SyncQueue, tags: Mapping[str, str], summary: SyncSummary) -> None:
+    """After a shard run started for queued companies: the loaded ones leave the queue."""
+    claims: dict[str, int] = json.loads(tags.get(QUEUED_TAG) or "{}")
+    if not claims:
+        return
+    if summary.customers_not_loaded:
+        queue.failed(list(claims), "read but not loaded yet")
+        return
+    failed = [c for c in claims if c in summary.failed]
+    if failed:
+        queue.failed(failed, "the shard run failed for it")
+    queue.done({c: v for c, v in claims.items() if c not in failed})
+
+
 def codat_definitions(
     plan: ShardPlan | None = None,
     source_options: Mapping[str, Any] | None = None,
     cron_schedule: str = NIGHTLY,
     pool: str = POOL,
+    queue_file: str | None = None,
+    debounce: float = DEFAULT_DEBOUNCE_SECONDS,
 ) -> dg.Definitions:
     """Dagster `Definitions` syncing an account's company shards.
 
@@ -128,6 +175,9 @@ def codat_definitions(
             from dlt's configuration by default: `SOURCES__CODAT__API_KEY`, `.dlt/`).
         cron_schedule: When `codat_nightly` starts the shards (UTC).
         pool: The concurrency pool every shard run takes a slot of.
+        queue_file: The queue `codat-webhooks --no-worker --queue FILE` fills: with it, the sensor
+            `codat_webhooks` starts the shards of the companies Codat's webhooks queued.
+        debounce: Seconds a company's events must be quiet before the sensor starts its shard.
     """
     plan = plan or plan_from_config()
     options = dict(source_options or {})
@@ -152,6 +202,8 @@ def codat_definitions(
         shard = plan.shard(context.partition_key)
         with _reported():
             summary = run_shard(plan, shard, **options)
+        if queue_file is not None:
+            take_off_queue(SyncQueue(queue_file), context.run.tags, summary)
         metadata = summary_metadata(summary)
         for key in sorted(context.selected_asset_keys):
             yield dg.MaterializeResult(asset_key=key, metadata=metadata)
@@ -171,4 +223,18 @@ def codat_definitions(
         for key in plan.partition_keys():
             yield dg.RunRequest(run_key=f"{night}-{key}", partition_key=key)
 
-    return dg.Definitions(assets=[codat_dataset, codat_shards], jobs=[nightly_job], schedules=[codat_nightly])
+    sensors = []
+    if queue_file is not None:
+        webhook_job = dg.define_asset_job("codat_from_webhooks", selection=shards)
+
+        @dg.sensor(job=webhook_job, minimum_interval_seconds=SENSOR_INTERVAL)
+        def codat_webhooks(context: dg.SensorEvaluationContext) -> Iterator[dg.RunRequest]:
+            yield from queued_run_requests(SyncQueue(queue_file), plan, debounce)
+
+        sensors.append(codat_webhooks)
+    return dg.Definitions(
+        assets=[codat_dataset, codat_shards],
+        jobs=[nightly_job, *([webhook_job] if queue_file is not None else [])],
+        schedules=[codat_nightly],
+        sensors=sensors,
+    )

@@ -105,6 +105,7 @@ def rows(document: Document) -> list[Row]:
         ("shards", _shard_rows),
         ("push", _push_rows),
         ("history", _history_rows),
+        ("webhooks", _webhook_rows),
     ):
         figures = document.get(name)
         if figures is None:
@@ -423,6 +424,19 @@ def _history_rows(figures: Document) -> Iterator[Row]:
         op="==",
         goal=True,
         target="exact",
+    )
+
+
+def _webhook_rows(figures: Document) -> Iterator[Row]:
+    what = (
+        f"codat-webhooks, {figures['changes']} changes one at a time, {figures['customers']:,} customers "
+        f"in {figures['companies']} companies, debounce {figures['debounce_s']:g} s"
+    )
+    yield Row(f"{what}: change to row, median", figures["latency_median_s"], "s")
+    yield Row("... worst", figures["latency_worst_s"], "s")
+    yield Row(
+        "... requests of the webhook runs / of one nightly run for the same changes",
+        f"{figures['webhook_requests']:,} / {figures['nightly_requests']:,}",
     )
 
 

@@ -258,6 +258,15 @@ def history_cost(context: Context) -> Figures:
     }
 
 
+@benchmark("webhooks")
+def webhook_latency(context: Context) -> Figures:
+    """Change to row through codat-webhooks: median and worst of 100, and requests against a nightly run."""
+    from tests.benchmarks.webhook_bench import bench_webhooks
+
+    say("webhooks: 100 changes, one at a time, each to its row through codat-webhooks")
+    return bench_webhooks(quick=context.quick)
+
+
 @benchmark("floor")
 def floor_multiples(context: Context) -> Figures:
     """The floor (GET and parse every page), and `codat-sync` processes as multiples of it, with latency."""

@@ -24,10 +24,18 @@ import dagster as dg
 import pytest
 
 from connector.emulator.emulator import Emulator
-from connector.orchestration import DATASET_ASSET, TABLE_RESOURCES, asset_names, codat_definitions
+from connector.orchestration import (
+    DATASET_ASSET,
+    QUEUED_TAG,
+    TABLE_RESOURCES,
+    asset_names,
+    codat_definitions,
+    take_off_queue,
+)
 from connector.placement import ShardPlan
-from connector.shards import combined_duckdb
+from connector.shards import combined_duckdb, run_shard
 from connector.source import codat_source
+from connector.syncqueue import SyncQueue
 from tests import children
 from tests.postgres import PostgresServer
 from tests.shardtools import Database, child_outcome, postgres_plan, run_child, source_options
@@ -472,3 +480,44 @@ def test_the_asset_names_are_the_sources_own_resources() -> None:
 
     assert set(TABLE_RESOURCES) <= set(resources)
     assert {r.name: r.table_name for r in asset_names().resources.values()} == {t: t for t in TABLE_RESOURCES}
+
+
+def test_the_webhook_sensor_starts_the_shards_of_queued_companies_once(
+    emulator: Emulator, base_url: str, tmp_path: Path
+) -> None:
+    plan = duckdb_plan(tmp_path, count=4)
+    by_shard: dict[int, list[str]] = {}
+    for company in readable(emulator):
+        by_shard.setdefault(plan.shard_of(company.id), []).append(company.id)
+    assert len(by_shard) >= 2, f"companies in two shards at least: {by_shard}"
+    one, two = sorted(by_shard.items())[:2]
+    queued = [one[1][0], two[1][0]]
+    queue = SyncQueue(tmp_path / "queue.sqlite")
+    queue.record("msg_1", "read.completed", queued)
+    defs = codat_definitions(plan, queue_file=str(queue.path), debounce=0.0)
+    sensor = defs.resolve_sensor_def("codat_webhooks")
+
+    def tick() -> list[dg.RunRequest]:
+        with (
+            dagster_signals_undone(),
+            dg.build_sensor_context(repository_def=defs.get_repository_def()) as context,
+        ):
+            return list(sensor.evaluate_tick(context).run_requests or [])
+
+    requests = tick()
+    keys = plan.partition_keys()
+    assert [r.partition_key for r in requests] == [keys[one[0]], keys[two[0]]]
+    assert [json.loads(r.tags[QUEUED_TAG]) for r in requests] == [{queued[0]: 1}, {queued[1]: 1}]
+    assert [r.run_key for r in tick()] == [r.run_key for r in requests], (
+        "asked again while under way: one run"
+    )
+
+    summary = run_shard(plan, one[0], **source_options(base_url))  # the run the first request starts
+    take_off_queue(queue, requests[0].tags, summary)
+    assert [q.company_id for q in queue.pending()] == [queued[1]]
+    assert [r.partition_key for r in tick()] == [keys[two[0]]]
+
+
+def test_without_a_queue_there_is_no_webhook_sensor(tmp_path: Path) -> None:
+    defs = codat_definitions(duckdb_plan(tmp_path, count=4))
+    assert [s.name for s in defs.sensors or []] == []
