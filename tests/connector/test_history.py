@@ -265,7 +265,7 @@ def test_a_customer_read_twice_in_one_run_is_one_version_of_that_load(
     emulator.latency = 0.02
     emulator.limiter.daily_limit = 100_000
     warehouse = Warehouse(tmp_path, base_url)
-    emulator.mutator.start(companies(emulator), rate=100, duration=30, action="modify")
+    emulator.mutator.start(companies(emulator), rate=100, duration=2, action="modify")  # while it pages
     try:
         summary = warehouse.sync(history=True, page_size=5, attachments=False)
     finally:
