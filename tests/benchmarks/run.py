@@ -175,6 +175,15 @@ def size_curve(context: Context) -> Figures:
     return {"points": points}
 
 
+def change_one_percent(emulator: EmulatorHandle, readable: dict[str, int]) -> dict[str, list[str]]:
+    """Modify 1% of the customers (`CHANGED_SHARE`), spread over the companies by size; ids per company."""
+    changed: dict[str, list[str]] = {}
+    for company, count in spread(readable, CHANGED_SHARE).items():
+        body = {"action": "modify", "company_id": company, "count": count}
+        changed |= emulator.control("POST", "mutate", body)["changed"]
+    return changed
+
+
 def scale_run(companies: int, customers: int) -> Figures:
     """A full load, then an incremental run after 1% of the customers changed; both checked exactly."""
     say(f"scale: emulator with {customers:,} customers in {companies} companies")
@@ -186,10 +195,7 @@ def scale_run(companies: int, customers: int) -> Figures:
         full |= {"expected": expected, "exact": full["rows"] == expected}
         say(f"scale: full load {full['seconds']} s, {full['peak_rss_mib']} MiB, exact: {full['exact']}")
         since = datetime.now(UTC).replace(microsecond=0)
-        changed: dict[str, list[str]] = {}
-        for company, count in spread(readable, CHANGED_SHARE).items():
-            body = {"action": "modify", "company_id": company, "count": count}
-            changed |= emulator.control("POST", "mutate", body)["changed"]
+        changed = change_one_percent(emulator, readable)
         incremental = load_once("ours", emulator, workdir)
         found = count_changed(workdir / "bench.duckdb", changed, since)
         total_changed = sum(len(ids) for ids in changed.values())
@@ -231,10 +237,7 @@ def history_cost(context: Context) -> Figures:
             runs[name] = load_once("ours", emulator, workdir, history) | {"exact": None}
             say(f"history: {name} {runs[name]['seconds']} s, {runs[name]['peak_rss_mib']} MiB")
         since = datetime.now(UTC).replace(microsecond=0)
-        changed: dict[str, list[str]] = {}
-        for company, count in spread(readable, CHANGED_SHARE).items():
-            body = {"action": "modify", "company_id": company, "count": count}
-            changed |= emulator.control("POST", "mutate", body)["changed"]
+        changed = change_one_percent(emulator, readable)
         total_changed = sum(len(ids) for ids in changed.values())
         for name, workdir, history in (("incremental_off", off, False), ("incremental_on", on, True)):
             runs[name] = load_once("ours", emulator, workdir, history)
