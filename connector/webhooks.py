@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -271,13 +272,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve the receiver (and its worker) until SIGINT or SIGTERM."""
-    import uvicorn
-
     from connector import cli
     from connector.errors import InvalidOption
     from connector.exits import EXIT_BAD_INPUT
 
+    def refuse(message: str) -> int:
+        print(f"codat-webhooks: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
     args = parse_args(argv)
+    try:
+        import svix.webhooks  # noqa: F401 - the receiver's, checked before anything starts
+        import uvicorn
+    except ImportError as exc:
+        return refuse(
+            f"the webhooks extra is not installed ({exc.name} is missing): "
+            "pip install -e '.[webhooks]' (Starlette, uvicorn, svix)"
+        )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         secret = cli.webhook_secret()
@@ -288,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             app = receiver_app(secret, queue, worker.wake, worker)
     except InvalidOption as exc:
-        return cli.fail(str(exc), EXIT_BAD_INPUT)
+        return refuse(str(exc))
     print(
         f"codat-webhooks listening on http://{args.host}:{args.port}{PATH} (queue {queue.path})", flush=True
     )

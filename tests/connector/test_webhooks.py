@@ -27,7 +27,7 @@ import requests
 
 from connector import cli, syncqueue
 from connector.emulator.emulator import Emulator
-from connector.exits import EXIT_OK
+from connector.exits import EXIT_BAD_INPUT, EXIT_OK
 from connector.lock import pipeline_lock
 from connector.syncqueue import SyncQueue
 from connector.webhooks import (
@@ -38,6 +38,7 @@ from connector.webhooks import (
     receiver_app,
     sync_companies,
 )
+from connector.webhooks import main as webhooks_main
 from tests.synctools import readable
 from tests.utils import API_KEY, ROOT
 from tests.webhooktools import OTHER_SECRET, SECRET, read_completed, serving, signed
@@ -319,3 +320,22 @@ def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Pope
             assert process.poll() is None, process.communicate()[1]
             assert time.monotonic() < deadline, "codat-webhooks did not start listening"
             time.sleep(0.1)
+
+
+def test_without_the_webhooks_extra_the_command_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed: importing it fails
+    assert webhooks_main(["--queue", str(tmp_path / "q.sqlite"), "--port", "9"]) == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert "codat-webhooks: the webhooks extra is not installed (uvicorn is missing)" in error
+    assert "pip install -e '.[webhooks]'" in error
+    assert not (tmp_path / "q.sqlite").exists(), "nothing made before the refusal"
+
+
+def test_without_a_webhook_secret_the_command_names_the_setting(
+    configured: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("SOURCES__CODAT__WEBHOOK_SECRET")
+    assert webhooks_main(["--queue", str(tmp_path / "q.sqlite"), "--port", "9"]) == EXIT_BAD_INPUT
+    assert "webhook_secret (SOURCES__CODAT__WEBHOOK_SECRET) is not set" in capsys.readouterr().err
