@@ -270,9 +270,7 @@ def sync_from_queue(args: argparse.Namespace, stop: StopSwitch) -> int:
         print(f"queue {queue.path}: no company to sync")
         return EXIT_OK
     code, errors = run_companies(args, stop, sorted(claims))
-    for error in sorted(set(errors.values())):
-        queue.failed([c for c, e in errors.items() if e == error], error)
-    taken = queue.done({c: v for c, v in claims.items() if c not in errors})
+    taken = queue.settle(claims, errors)
     print(f"queue {queue.path}: {len(taken)} companies synced and taken off, {len(queue.pending())} queued")
     return code
 

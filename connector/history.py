@@ -48,7 +48,7 @@ LOADED_AT = "to_timestamp(CAST({t}._dlt_load_id AS DOUBLE PRECISION))"  # dlt's 
 
 def keeps_history(tables: Tables) -> bool:
     """Whether the destination's `customers` table keeps versions (it has `valid_to`)."""
-    return VALID_TO in tables.columns("customers")
+    return schema_keeps_history(tables.schema)
 
 
 def schema_keeps_history(schema: Schema | None) -> bool:

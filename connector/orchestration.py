@@ -38,7 +38,7 @@ from connector.placement import ShardPlan
 from connector.shards import plan_from_config, prepare_dataset, run_shard
 from connector.sync import SyncSummary
 from connector.syncqueue import SyncQueue
-from connector.webhooks import DEFAULT_DEBOUNCE_SECONDS
+from connector.webhooks import DEFAULT_DEBOUNCE_SECONDS, unloaded
 
 POOL = "codat_api"
 QUEUED_TAG = "codat/queued"  # a webhook-started run's companies and their queue versions (JSON)
@@ -149,13 +149,7 @@ def take_off_queue(queue: SyncQueue, tags: Mapping[str, str], summary: SyncSumma
     claims: dict[str, int] = json.loads(tags.get(QUEUED_TAG) or "{}")
     if not claims:
         return
-    if summary.customers_not_loaded:
-        queue.failed(list(claims), "read but not loaded yet")
-        return
-    failed = [c for c in claims if c in summary.failed]
-    if failed:
-        queue.failed(failed, "the shard run failed for it")
-    queue.done({c: v for c, v in claims.items() if c not in failed})
+    queue.settle(claims, unloaded(summary, claims))
 
 
 def codat_definitions(

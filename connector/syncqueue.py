@@ -147,6 +147,15 @@ class SyncQueue:
                     (error, now, RETRY_MAX_SECONDS, RETRY_BASE_SECONDS, company_id),
                 )
 
+    def settle(self, claims: dict[str, int], errors: dict[str, str]) -> list[str]:
+        """After a run for the claimed companies: those with an error stay (`failed`), the rest are done.
+
+        Returns the companies taken off the queue.
+        """
+        for error in sorted(set(errors.values())):
+            self.failed([c for c, e in errors.items() if e == error], error)
+        return self.done({c: v for c, v in claims.items() if c not in errors})
+
     def pending(self) -> list[Queued]:
         """Every queued company, oldest first."""
         with self._connection() as db:

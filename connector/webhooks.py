@@ -20,11 +20,12 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from connector.sync import SyncSummary
 from connector.syncqueue import SyncQueue
 
 logger = logging.getLogger(__name__)
@@ -144,9 +145,7 @@ class QueueWorker:
         except Exception as exc:
             self.queue.failed(list(claims), f"{type(exc).__name__}: {exc}")
             raise
-        for error in sorted(set(errors.values())):
-            self.queue.failed([c for c, e in errors.items() if e == error], error)
-        return self.queue.done({c: v for c, v in claims.items() if c not in errors})
+        return self.queue.settle(claims, errors)
 
 
 def receiver_app(
@@ -230,13 +229,19 @@ def run_companies(args: argparse.Namespace, stop: Any, company_ids: list[str]) -
     code, summary, problem = cli.run_once(run, stop)
     if summary is None:
         return code, dict.fromkeys(company_ids, problem or f"codat-sync exited with {code}")
+    return code, unloaded(summary, company_ids)
+
+
+def unloaded(summary: SyncSummary, company_ids: Iterable[str]) -> dict[str, str]:
+    """Of these companies, those a run did not load, each with why (the run's error for it)."""
     if summary.customers_not_loaded:  # read, not loaded: the next run loads it first
-        return code, dict.fromkeys(company_ids, "read but not loaded yet")
-    errors = {}
-    for row in summary.status_rows:
-        if row["company_id"] in summary.failed:
-            errors[row["company_id"]] = str(row.get("error") or row.get("status"))
-    return code, errors
+        return dict.fromkeys(company_ids, "read but not loaded yet")
+    wanted = set(company_ids)
+    return {
+        row["company_id"]: str(row.get("error") or row.get("status"))
+        for row in summary.status_rows
+        if row["company_id"] in summary.failed and row["company_id"] in wanted
+    }
 
 
 def sync_companies(args: argparse.Namespace) -> Callable[[list[str]], dict[str, str]]:
